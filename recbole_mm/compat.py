@@ -1,0 +1,168 @@
+"""Compatibility of RecBole 1.2.1 with current torch / numpy.
+
+Imported (and :func:`apply` called) by ``recbole_mm/__init__.py`` so every entry point gets it.
+
+* ``torch >= 2.6`` loads checkpoints with ``weights_only=True``. RecBole 1.2.1 pickles its whole
+  ``Config`` object into every checkpoint, which such a load refuses. Instead of loading untrusted
+  pickles, we change what is *saved*: :func:`checkpoint_state` stores the configuration as a plain
+  dictionary of primitives, so RecBole's own ``torch.load`` of the best checkpoint (in
+  ``Trainer.evaluate`` and ``Trainer.resume_checkpoint``) succeeds with ``weights_only=True``.
+* ``numpy < 2`` is required by RecBole (``np.float_``); the aliases RecBole's ``Config`` installs
+  (``np.long`` ...) are installed here too so that layers built before a ``Config`` work.
+"""
+from __future__ import annotations
+
+import enum
+import math
+
+import numpy as np
+import torch
+
+_APPLIED = False
+
+#: Types that survive ``torch.load(weights_only=True)`` unchanged.
+_PRIMITIVES = (str, int, float, bool, type(None))
+
+
+def to_primitive(value):
+    """Convert a config value to something ``torch.load(weights_only=True)`` accepts.
+
+    Enums become their names, ``torch.device`` its string, numpy scalars Python scalars, classes
+    their qualified name; containers are converted recursively. Anything else becomes ``str``.
+    """
+    if isinstance(value, bool) or value is None or isinstance(value, (str, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, enum.Enum):
+        return value.name
+    if isinstance(value, np.generic):
+        return to_primitive(value.item())
+    if isinstance(value, torch.device):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): to_primitive(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [to_primitive(v) for v in value]
+    if isinstance(value, type):
+        return f"{value.__module__}.{value.__qualname__}"
+    return str(value)
+
+
+def config_to_dict(config) -> dict:
+    """A weights-only-loadable snapshot of a RecBole ``Config``.
+
+    ``final`` is the complete resolved configuration (for inspection); ``sources`` holds what the
+    user and the plugin's property files set (files < dict < command line), enough to rebuild the
+    same ``Config`` later (see :func:`recbole_mm.quick_start.load_data_and_model`).
+    """
+    sources = {}
+    for part in ("file_config_dict", "variable_config_dict", "cmd_config_dict"):
+        sources.update(getattr(config, part, {}) or {})
+    sources.pop("data_path", None)  # resolved again on reload
+    return {
+        "model": str(config["model"]),
+        "dataset": str(config["dataset"]),
+        "sources": to_primitive(sources),
+        "final": to_primitive(dict(config.final_config_dict)),
+    }
+
+
+def checkpoint_state(trainer, epoch) -> dict:
+    """The checkpoint RecBole's ``Trainer._save_checkpoint`` writes, with a primitive config."""
+    model = trainer.model
+    other = model.other_parameter() if hasattr(model, "other_parameter") else None
+    if other:
+        # RecBole models list registered sub-modules here (FDSA, SASRecF: feature_embed_layer);
+        # their weights are already in ``state_dict``, and a pickled module is no plain data.
+        submodules = {id(m) for m in model.modules()}
+        other = {k: v for k, v in other.items()
+                 if not (isinstance(v, torch.nn.Module) and id(v) in submodules)}
+    best = trainer.best_valid_score
+    return {
+        "config": config_to_dict(trainer.config),
+        "epoch": int(epoch),
+        "cur_step": int(trainer.cur_step),
+        "best_valid_score": float(best) if best is not None else None,
+        "state_dict": model.state_dict(),
+        "other_parameter": other,
+        "optimizer": trainer.optimizer.state_dict(),
+    }
+
+
+def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+    if not self.config["single_spec"] and self.config["local_rank"] != 0:
+        return
+    saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
+    atomic_torch_save(checkpoint_state(self, epoch), saved_model_file)
+    if verbose:
+        from recbole.utils import set_color
+
+        self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
+
+
+def atomic_torch_save(obj, path) -> None:
+    """``torch.save`` to a temporary name in the same folder, then rename (never half-written)."""
+    import os
+
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """Load a checkpoint written by the plugin; never unpickles arbitrary objects."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # pragma: no cover - message path
+        raise ValueError(
+            f"Checkpoint {path} could not be loaded with weights_only=True ({exc}). "
+            "recbole_mm only reads checkpoints it wrote itself (config stored as plain data); "
+            "re-train, or convert an old RecBole checkpoint on a trusted machine."
+        ) from exc
+
+
+def _fix_sasrecf() -> None:
+    """RecBole 1.2.1's SASRecF counts a FLOAT_SEQ field as ``dataset.num(field)`` feature vectors
+    when sizing its concat layer, but its embedding layer pools each such field into *one*
+    vector, so SASRecF crashes on vector-valued item features. Re-size the layer to one vector
+    per selected field (what ``forward`` produces)."""
+    from recbole.model.sequential_recommender.sasrecf import SASRecF
+    from recbole.utils import FeatureType
+
+    if getattr(SASRecF, "_recbole_mm_fixed", False):
+        return
+    original = SASRecF.__init__
+
+    def __init__(self, config, dataset):
+        original(self, config, dataset)
+        if any(dataset.field2type[f] == FeatureType.FLOAT_SEQ for f in self.selected_features):
+            self.num_feature_field = len(self.selected_features)
+            self.concat_layer = torch.nn.Linear(
+                self.hidden_size * (1 + self.num_feature_field), self.hidden_size
+            )
+            self._init_weights(self.concat_layer)
+
+    SASRecF.__init__ = __init__
+    SASRecF._recbole_mm_fixed = True
+
+
+def apply() -> None:
+    """Install the compatibility patches once (idempotent)."""
+    global _APPLIED
+    if _APPLIED:
+        return
+    for alias, target in (("long", np.int_), ("bool", np.bool_), ("float", np.float64),
+                          ("int", np.int_), ("object", np.object_), ("str", np.str_),
+                          ("complex", np.complex128)):
+        if alias not in np.__dict__:
+            setattr(np, alias, target)
+    from recbole.trainer import trainer as rb_trainer
+
+    rb_trainer.Trainer._save_checkpoint = _save_checkpoint
+    _fix_sasrecf()
+    _APPLIED = True

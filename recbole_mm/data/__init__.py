@@ -1,0 +1,1 @@
+from recbole_mm.data.dataset import MMSequentialDataset  # noqa: F401

@@ -1,0 +1,134 @@
+"""``run_recbole_mm`` and ``load_data_and_model``: RecBole's quick start, for the plugin.
+
+Mirrors ``recbole.quick_start`` (which imports ``ray`` and is therefore never imported here).
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from logging import getLogger
+
+from recbole.data import data_preparation
+from recbole.utils import init_logger, init_seed, set_color
+
+from recbole_mm import registry
+from recbole_mm.compat import load_checkpoint
+from recbole_mm.config import MMConfig
+
+
+def create_dataset(config):
+    """The dataset object for ``config``: the model's dataset class, else RecBole's choice."""
+    model_class = registry.get_model(config["model"])
+    cls = registry.get_dataset_class(model_class)
+    if cls is None:
+        from recbole.data import create_dataset as rb_create_dataset
+
+        return rb_create_dataset(config)
+    return cls(config)
+
+
+def format_results(result: dict) -> str:
+    """A small aligned table of metric -> value."""
+    if not result:
+        return "(no results)"
+    width = max(len(k) for k in result)
+    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  ------"]
+    lines += [f"{k:<{width}}  {v:.4f}" for k, v in result.items()]
+    return "\n".join(lines)
+
+
+def run_recbole_mm(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True,
+                   nproc=1, world_size=-1, ip="localhost", port="5678", group_offset=0):
+    """Train and evaluate ``model`` on ``dataset``; returns RecBole's result dict.
+
+    With ``nproc > 1`` runs torch.distributed data parallel (NCCL on GPUs, gloo on CPU) like
+    RecBole's ``run`` and returns rank 0's result.
+    """
+    if nproc == 1 and world_size <= 0:
+        return _run_single(model, dataset, config_file_list, config_dict, saved)
+    import torch.multiprocessing as mp
+
+    world_size = nproc if world_size == -1 else world_size
+    queue = mp.get_context("spawn").SimpleQueue()
+    config_dict = dict(config_dict or {})
+    config_dict.update({"world_size": world_size, "ip": ip, "port": port, "nproc": nproc,
+                        "offset": group_offset})
+    mp.spawn(_run_rank, args=(model, dataset, config_file_list, config_dict, saved, queue),
+             nprocs=nproc, join=True)
+    return None if queue.empty() else queue.get()
+
+
+def _run_rank(rank, model, dataset, config_file_list, config_dict, saved, queue):
+    config_dict = dict(config_dict)
+    config_dict["local_rank"] = rank
+    _run_single(model, dataset, config_file_list, config_dict, saved, queue)
+
+
+def _run_single(model, dataset, config_file_list, config_dict, saved, queue=None):
+    config = MMConfig(model=model, dataset=dataset, config_file_list=config_file_list,
+                      config_dict=config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(sys.argv)
+    logger.info(config)
+
+    data = create_dataset(config)
+    logger.info(data)
+    train_data, valid_data, test_data = data_preparation(config, data)
+
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model_class = registry.get_model(config["model"])
+    model = model_class(config, train_data._dataset).to(config["device"])
+    logger.info(model)
+
+    trainer = registry.get_trainer(model_class, config)(config, model)
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+    )
+    test_result = trainer.evaluate(test_data, load_best_model=saved,
+                                   show_progress=config["show_progress"])
+
+    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
+    logger.info(set_color("test result", "yellow") + f": {test_result}")
+    if config["local_rank"] == 0:
+        logger.info(set_color("test result table", "yellow") + "\n" + format_results(test_result))
+    result = {
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+        "saved_model_file": getattr(trainer, "saved_model_file", None),
+    }
+    if not config["single_spec"]:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    if config["local_rank"] == 0 and queue is not None:
+        queue.put({k: (dict(v) if isinstance(v, dict) else v) for k, v in result.items()})
+    return result
+
+
+def load_data_and_model(model_file, config_dict=None):
+    """Rebuild config, data, model (best weights) and loaders from a plugin checkpoint.
+
+    Returns ``(config, model, dataset, train_data, valid_data, test_data)`` as RecBole's does.
+    The checkpoint is read with ``weights_only=True`` (no arbitrary unpickling).
+    """
+    checkpoint = load_checkpoint(model_file)
+    saved = checkpoint["config"]
+    if not isinstance(saved, dict) or "sources" not in saved:
+        raise ValueError(f"{model_file} was not written by recbole_mm (no plain-data config).")
+    overrides = dict(saved["sources"])
+    overrides.update(config_dict or {})
+    config = MMConfig(model=saved["model"], dataset=saved["dataset"], config_dict=overrides)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logging.getLogger().info(config)
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    init_seed(config["seed"], config["reproducibility"])
+    model = registry.get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    model.load_state_dict(checkpoint["state_dict"])
+    model.load_other_parameter(checkpoint.get("other_parameter"))
+    return config, model, dataset, train_data, valid_data, test_data

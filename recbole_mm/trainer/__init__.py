@@ -1,0 +1,1 @@
+"""Thin RecBole ``Trainer`` subclasses for multi-stage schedules."""
