@@ -59,7 +59,6 @@ def config_to_dict(config) -> dict:
     sources = {}
     for part in ("file_config_dict", "variable_config_dict", "cmd_config_dict"):
         sources.update(getattr(config, part, {}) or {})
-    sources.pop("data_path", None)  # resolved again on reload
     return {
         "model": str(config["model"]),
         "dataset": str(config["dataset"]),
