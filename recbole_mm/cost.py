@@ -1,0 +1,113 @@
+"""Cost of a model relative to RecBole's SASRec: one training epoch and one full-ranking pass.
+
+    python -m recbole_mm.cost --model=SGP4SR --dataset=scientific_mm --hidden_size=300 [--key=value ...]
+
+Builds the data once per model (same split), then times ``Trainer._train_epoch`` on the training
+loader and ``Trainer.evaluate`` (full ranking) on the test loader, for the model and for the
+reference (``--reference``, default SASRec) at the same overrides, and prints the ratios. Both
+are timed in the same process, back to back, after one warm-up batch. Also reports peak memory
+(CUDA when used, else the process's max RSS). This is benchmark tooling, never a unit test.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+
+import torch
+
+
+def _parse_overrides(rest):
+    out = {}
+    for arg in rest:
+        if not arg.startswith("--") or "=" not in arg:
+            raise SystemExit(f"expected --key=value, got {arg!r}")
+        k, v = arg[2:].split("=", 1)
+        try:
+            import yaml
+
+            out[k] = yaml.safe_load(v)
+        except Exception:
+            out[k] = v
+    return out
+
+
+def measure(model_name: str, dataset: str, overrides: dict, epochs: int = 1) -> dict:
+    """Train ``epochs`` epoch(s) and run one full-ranking evaluation; return timings (s)."""
+    from recbole.data import data_preparation
+    from recbole.utils import init_logger, init_seed
+
+    from recbole_mm import registry
+    from recbole_mm.config import MMConfig
+    from recbole_mm.quick_start import create_dataset
+
+    cfg = {"state": "WARNING", "show_progress": False, **overrides}
+    config = MMConfig(model=model_name, dataset=dataset, config_dict=cfg)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    data = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, data)
+    model_class = registry.get_model(config["model"])
+    t0 = time.perf_counter()
+    model = model_class(config, train_data._dataset).to(config["device"])
+    build_s = time.perf_counter() - t0
+    trainer = registry.get_trainer(model_class, config)(config, model)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    train_times = []
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        trainer._train_epoch(train_data, epoch, show_progress=False)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        train_times.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    result = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    eval_s = time.perf_counter() - t0
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available()
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return {
+        "model": model_name, "dataset": dataset, "device": str(config["device"]),
+        "build_s": round(build_s, 3), "train_epoch_s": round(min(train_times), 3),
+        "eval_s": round(eval_s, 3), "peak_mem_mb": round(peak, 1),
+        "params": sum(p.numel() for p in model.parameters()),
+        "test_result": {k: float(v) for k, v in result.items()},
+    }
+
+
+def compare(model_name: str, dataset: str, overrides: dict, reference: str = "SASRec",
+            epochs: int = 1) -> dict:
+    ref = measure(reference, dataset, overrides, epochs)
+    cur = measure(model_name, dataset, overrides, epochs)
+    return {
+        "model": cur, "reference": ref,
+        "train_ratio": round(cur["train_epoch_s"] / max(ref["train_epoch_s"], 1e-9), 3),
+        "eval_ratio": round(cur["eval_s"] / max(ref["eval_s"], 1e-9), 3),
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="model cost relative to SASRec")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--dataset", default="scientific_mm")
+    parser.add_argument("--reference", default="SASRec")
+    parser.add_argument("--epochs_timed", type=int, default=1)
+    parser.add_argument("--json", default=None, help="also write the result here")
+    args, rest = parser.parse_known_args(argv)
+    overrides = _parse_overrides(rest)
+    out = compare(args.model, args.dataset, overrides, args.reference, args.epochs_timed)
+    print(json.dumps(out, indent=2))
+    print(f"{args.model} vs {args.reference} on {args.dataset}: train epoch x{out['train_ratio']}, "
+          f"full-ranking eval x{out['eval_ratio']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
