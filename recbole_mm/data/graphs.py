@@ -215,7 +215,7 @@ def to_torch_sparse(adj: sp.spmatrix, device=None) -> torch.Tensor:
     coo = sp.coo_matrix(adj)
     index = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
     values = torch.from_numpy(coo.data.astype(np.float32))
-    t = torch.sparse_coo_tensor(index, values, coo.shape).coalesce()
+    t = torch.sparse_coo_tensor(index, values, coo.shape, check_invariants=False).coalesce()
     return t.to(device) if device is not None else t
 
 
