@@ -38,14 +38,22 @@ def format_results(result: dict) -> str:
 
 
 def run_recbole_mm(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True,
-                   nproc=1, world_size=-1, ip="localhost", port="5678", group_offset=0):
+                   nproc=1, world_size=-1, ip="localhost", port="5678", group_offset=0,
+                   trainer_hook=None):
     """Train and evaluate ``model`` on ``dataset``; returns RecBole's result dict.
 
     With ``nproc > 1`` runs torch.distributed data parallel (NCCL on GPUs, gloo on CPU) like
     RecBole's ``run`` and returns rank 0's result.
+
+    ``trainer_hook`` (single process only): called as ``trainer_hook(config=, dataset=, model=,
+    trainer=)`` after the trainer is built and before ``fit`` (used by ``recbole_mm.benchmark``
+    to time epochs and record training curves).
     """
     if nproc == 1 and world_size <= 0:
-        return _run_single(model, dataset, config_file_list, config_dict, saved)
+        return _run_single(model, dataset, config_file_list, config_dict, saved,
+                           trainer_hook=trainer_hook)
+    if trainer_hook is not None:
+        raise ValueError("trainer_hook is only supported for single-process runs (nproc=1).")
     import torch.multiprocessing as mp
 
     world_size = nproc if world_size == -1 else world_size
@@ -64,7 +72,7 @@ def _run_rank(rank, model, dataset, config_file_list, config_dict, saved, queue)
     _run_single(model, dataset, config_file_list, config_dict, saved, queue)
 
 
-def _run_single(model, dataset, config_file_list, config_dict, saved, queue=None):
+def _run_single(model, dataset, config_file_list, config_dict, saved, queue=None, trainer_hook=None):
     config = MMConfig(model=model, dataset=dataset, config_file_list=config_file_list,
                       config_dict=config_dict)
     init_seed(config["seed"], config["reproducibility"])
@@ -83,6 +91,8 @@ def _run_single(model, dataset, config_file_list, config_dict, saved, queue=None
     logger.info(model)
 
     trainer = registry.get_trainer(model_class, config)(config, model)
+    if trainer_hook is not None:
+        trainer_hook(config=config, dataset=data, model=model, trainer=trainer)
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
