@@ -194,7 +194,19 @@ class MMSequentialDataset(SequentialDataset):
             self.logger.info(
                 f"modality [{name}]: {feat.dim}-d from {path}, coverage {feat.coverage:.1%}"
             )
+        self._apply_feature_noise()
         self._expose_item_features()
+
+    def _apply_feature_noise(self):
+        """``feature_noise`` (e.g. ``image:0.5``): swap features between items (recbole_mm.data.noise)."""
+        spec = self.config["feature_noise"]
+        if not spec:
+            return
+        from recbole_mm.data.noise import apply_feature_noise
+
+        seed = self.config["feature_noise_seed"]
+        apply_feature_noise(self.modality_features, self.modality_present, spec,
+                            self.config["seed"] if seed is None else seed, self.logger)
 
     def _expose_item_features(self):
         """Numerical float-seq ``item_feat`` fields for RecBole's feature-aware models."""

@@ -6,6 +6,7 @@
 * :func:`sparse_propagate`   A @ E for a fixed sparse graph (torch.sparse), k layers;
 * :func:`register_feature_buffers`  modality features of an ``MMSequentialDataset`` as
   non-persistent buffers (never trained, never saved in checkpoints);
+* :func:`gumbel_softmax_choice`  Gumbel-softmax choice, deterministic softmax on request;
 * :class:`TransformerEncoder` RecBole's encoder, re-exported so models import one place.
 """
 from __future__ import annotations
@@ -120,3 +121,20 @@ def register_feature_buffers(module: nn.Module, dataset, names, prefix: str = "f
                                persistent=False)
         dims[name] = int(feat.shape[1])
     return dims
+
+
+def gumbel_softmax_choice(logits: torch.Tensor, tau: float = 1.0, hard: bool = False,
+                          stochastic: bool = True, dim: int = -1) -> torch.Tensor:
+    """A (soft) choice among the entries of ``dim``: Gumbel-softmax weights.
+
+    ``stochastic``: ``F.gumbel_softmax(logits, tau, hard)`` (fresh noise each call). Otherwise the
+    deterministic counterpart: ``softmax(logits / tau)`` (``hard``: the argmax one-hot). Models
+    typically pass ``stochastic=self.training`` for a deterministic evaluation.
+    """
+    if stochastic:
+        return F.gumbel_softmax(logits, tau=tau, hard=hard, dim=dim)
+    soft = torch.softmax(logits / tau, dim=dim)
+    if not hard:
+        return soft
+    index = soft.argmax(dim=dim, keepdim=True)
+    return torch.zeros_like(soft).scatter_(dim, index, 1.0)
