@@ -7,6 +7,7 @@
 * :func:`register_feature_buffers`  modality features of an ``MMSequentialDataset`` as
   non-persistent buffers (never trained, never saved in checkpoints);
 * :func:`gumbel_softmax_choice`  Gumbel-softmax choice, deterministic softmax on request;
+* :class:`LoRALinear`        low-rank adaptation ``W0 + (alpha/r) B A`` (W0 frozen, B zero-init);
 * :class:`TransformerEncoder` RecBole's encoder, re-exported so models import one place.
 """
 from __future__ import annotations
@@ -138,3 +139,62 @@ def gumbel_softmax_choice(logits: torch.Tensor, tau: float = 1.0, hard: bool = F
         return soft
     index = soft.argmax(dim=dim, keepdim=True)
     return torch.zeros_like(soft).scatter_(dim, index, 1.0)
+
+
+class LoRALinear(nn.Module):
+    """Low-rank adaptation of a linear map: ``y = x W0^T + b0 + (alpha / r) * x A^T B^T``.
+
+    ``weight`` / ``bias`` keep ``nn.Linear``'s names (so a checkpoint of the plain linear layer
+    loads unchanged) and are frozen by default (``freeze_base``); ``lora_A`` [r, in] starts
+    N(0, ``init_std``) and ``lora_B`` [out, r] starts at zero, so the layer is exactly ``W0``
+    until ``B`` is trained. ``enabled = False`` switches the low-rank path off.
+    Build one from an existing layer with :meth:`from_linear`.
+    """
+
+    def __init__(self, in_features: int, out_features: int, rank: int = 4, alpha: float | None = None,
+                 bias: bool = True, init_std: float = 0.02, freeze_base: bool = True):
+        super().__init__()
+        if rank < 1:
+            raise ValueError(f"LoRA rank must be >= 1, got {rank}.")
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.scaling = (alpha if alpha is not None else rank) / rank
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
+        self.lora_A = nn.Parameter(torch.randn(rank, in_features) * init_std)
+        self.lora_B = nn.Parameter(torch.zeros(out_features, rank))
+        self.enabled = True
+        if freeze_base:
+            self.freeze_base()
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, rank: int = 4, alpha: float | None = None,
+                    init_std: float = 0.02, freeze_base: bool = True) -> "LoRALinear":
+        layer = cls(linear.in_features, linear.out_features, rank, alpha, linear.bias is not None,
+                    init_std, freeze_base=False)
+        with torch.no_grad():
+            layer.weight.copy_(linear.weight)
+            if linear.bias is not None:
+                layer.bias.copy_(linear.bias)
+        layer.to(linear.weight.device)
+        if freeze_base:
+            layer.freeze_base()
+        return layer
+
+    def freeze_base(self, frozen: bool = True) -> None:
+        self.weight.requires_grad_(not frozen)
+        if self.bias is not None:
+            self.bias.requires_grad_(not frozen)
+
+    def delta_weight(self) -> torch.Tensor:
+        """The low-rank update ``scaling * B A`` ([out, in])."""
+        return self.scaling * (self.lora_B @ self.lora_A)
+
+    def forward(self, x):
+        out = F.linear(x, self.weight, self.bias)
+        if self.enabled:
+            out = out + self.scaling * F.linear(F.linear(x, self.lora_A), self.lora_B)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, rank={self.rank}, scaling={self.scaling}"
