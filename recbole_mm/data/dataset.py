@@ -154,9 +154,13 @@ class MMSequentialDataset(SequentialDataset):
                              self.time_field: np.asarray(times, dtype=np.float64)})
 
     # ------------------------------------------------------------------ modalities
+    def _data_processing(self):
+        super()._data_processing()
+        self._load_modalities()  # ids are remapped now: align rows to internal ids
+
     def _change_feat_format(self):
         super()._change_feat_format()
-        self._load_modalities()
+        self._expose_item_features()  # item_feat is an Interaction now
 
     def _load_modalities(self):
         mods = self.config["modalities"] or {}
@@ -267,9 +271,10 @@ class MMSequentialDataset(SequentialDataset):
     def training_sequences(self) -> list[np.ndarray]:
         """Each user's training sequence (internal item ids, time order), training rows only.
 
-        Rebuilt from the sliding-window rows: the first row's history, then every row's target
-        in order. Called on the training split (what RecBole hands a model), so validation and
-        test targets never enter.
+        Rebuilt from the sliding-window rows: the earliest row's history, then every row's target
+        in time order (RecBole writes a user's rows oldest first, UniSRec files newest first:
+        a user's rows are read in the direction of growing history). Called on the training
+        split (what RecBole hands a model), so validation and test targets never enter.
         """
         self._check_train_split("training_sequences")
         feat = self.inter_feat
@@ -283,7 +288,11 @@ class MMSequentialDataset(SequentialDataset):
         ends = np.r_[starts[1:], len(uid)]
         seqs = []
         for s, e in zip(starts, ends):
-            seqs.append(np.concatenate([hist[s, : length[s]], target[s:e]]).astype(np.int64))
+            rows = np.arange(s, e)
+            if length[s] > length[e - 1]:
+                rows = rows[::-1]
+            first = rows[0]
+            seqs.append(np.concatenate([hist[first, : length[first]], target[rows]]).astype(np.int64))
         return seqs
 
     def fingerprint(self) -> str:
