@@ -198,3 +198,97 @@ class LoRALinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, rank={self.rank}, scaling={self.scaling}"
+
+
+def additive_attention_mask(allowed: torch.Tensor, value: float = -10000.0) -> torch.Tensor:
+    """Bool ``allowed`` mask (True = may attend) -> additive float mask (0 / ``value``).
+
+    ``allowed`` is ``[B, Lk]`` (key padding; returned as ``[B, 1, 1, Lk]``) or ``[B, Lq, Lk]``
+    (returned as ``[B, 1, Lq, Lk]``), broadcastable over heads.
+    """
+    allowed = allowed.bool()
+    mask = allowed.unsqueeze(1) if allowed.dim() == 3 else allowed[:, None, None, :]
+    return (~mask).float() * value
+
+
+class MultiHeadAttention(nn.Module):
+    """Scaled dot-product multi-head attention; queries from ``x``, keys/values from ``context``
+    (``x`` itself when ``None``). ``bias=False`` gives bias-free Q/K/V/O (SASRec as in MMSR);
+    ``attn_mask`` is additive, broadcastable to ``[B, heads, Lq, Lk]``."""
+
+    def __init__(self, hidden_size: int, n_heads: int, attn_dropout: float = 0.0, bias: bool = True):
+        super().__init__()
+        if hidden_size % n_heads:
+            raise ValueError(f"hidden_size {hidden_size} is not a multiple of n_heads {n_heads}.")
+        self.n_heads, self.head_dim = n_heads, hidden_size // n_heads
+        self.query = nn.Linear(hidden_size, hidden_size, bias=bias)
+        self.key = nn.Linear(hidden_size, hidden_size, bias=bias)
+        self.value = nn.Linear(hidden_size, hidden_size, bias=bias)
+        self.out = nn.Linear(hidden_size, hidden_size, bias=bias)
+        self.attn_dropout = nn.Dropout(attn_dropout)
+
+    def forward(self, x, context=None, attn_mask=None):
+        context = x if context is None else context
+        b, lq, _ = x.shape
+        lk = context.shape[1]
+        q = self.query(x).view(b, lq, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.key(context).view(b, lk, self.n_heads, self.head_dim).transpose(1, 2)
+        v = self.value(context).view(b, lk, self.n_heads, self.head_dim).transpose(1, 2)
+        scores = q @ k.transpose(-1, -2) / self.head_dim ** 0.5
+        if attn_mask is not None:
+            scores = scores + attn_mask
+        probs = self.attn_dropout(torch.softmax(scores, dim=-1))
+        out = (probs @ v).transpose(1, 2).reshape(b, lq, -1)
+        return self.out(out)
+
+
+class AttentionSublayer(nn.Module):
+    """Post-LN residual attention: ``LN(x + Dropout(MHA(x, context)))``."""
+
+    def __init__(self, hidden_size, n_heads, dropout=0.1, attn_dropout=0.1, bias=True,
+                 layer_norm_eps=1e-12):
+        super().__init__()
+        self.attention = MultiHeadAttention(hidden_size, n_heads, attn_dropout, bias)
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+
+    def forward(self, x, context=None, attn_mask=None):
+        return self.norm(x + self.dropout(self.attention(x, context, attn_mask)))
+
+
+class FeedForwardSublayer(nn.Module):
+    """Post-LN residual FFN: ``LN(x + Dropout(W2 act(W1 x + b1) + b2))``; ``activation`` relu or
+    gelu (erf)."""
+
+    def __init__(self, hidden_size, inner_size, dropout=0.1, activation="gelu", layer_norm_eps=1e-12):
+        super().__init__()
+        acts = {"relu": nn.ReLU(), "gelu": nn.GELU()}
+        if activation not in acts:
+            raise ValueError(f"activation must be one of {sorted(acts)}, got '{activation}'.")
+        self.dense_1 = nn.Linear(hidden_size, inner_size)
+        self.act = acts[activation]
+        self.dense_2 = nn.Linear(inner_size, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+
+    def forward(self, x):
+        return self.norm(x + self.dropout(self.dense_2(self.act(self.dense_1(x)))))
+
+
+class TransformerBlock(nn.Module):
+    """A configurable post-LN transformer layer: self-attention sublayer then FFN sublayer.
+
+    Defaults are a BERT layer (qkv bias, erf-GELU, LN eps 1e-12); SASRec as in MMSR is
+    ``qkv_bias=False, activation='relu', layer_norm_eps=1e-6``. ``attn_mask``: additive.
+    """
+
+    def __init__(self, hidden_size, n_heads, inner_size=None, dropout=0.1, attn_dropout=0.1,
+                 activation="gelu", qkv_bias=True, layer_norm_eps=1e-12):
+        super().__init__()
+        self.attention = AttentionSublayer(hidden_size, n_heads, dropout, attn_dropout, qkv_bias,
+                                           layer_norm_eps)
+        self.ffn = FeedForwardSublayer(hidden_size, inner_size or 4 * hidden_size, dropout,
+                                       activation, layer_norm_eps)
+
+    def forward(self, x, attn_mask=None):
+        return self.ffn(self.attention(x, attn_mask=attn_mask))
