@@ -20,6 +20,9 @@ import torch
 
 _APPLIED = False
 
+#: Keys set per process by distributed runs; never carried into a reloaded configuration.
+DISTRIBUTED_KEYS = ("local_rank", "world_size", "ip", "port", "nproc", "offset")
+
 #: Types that survive ``torch.load(weights_only=True)`` unchanged.
 _PRIMITIVES = (str, int, float, bool, type(None))
 
@@ -59,6 +62,8 @@ def config_to_dict(config) -> dict:
     sources = {}
     for part in ("file_config_dict", "variable_config_dict", "cmd_config_dict"):
         sources.update(getattr(config, part, {}) or {})
+    for key in DISTRIBUTED_KEYS:  # a reload is a single process unless asked again
+        sources.pop(key, None)
     return {
         "model": str(config["model"]),
         "dataset": str(config["dataset"]),
@@ -150,6 +155,20 @@ def _fix_sasrecf() -> None:
     SASRecF._recbole_mm_fixed = True
 
 
+def _ddp_on_cpu() -> None:
+    """RecBole wraps the model as ``DistributedDataParallel(model, device_ids=[local_rank])``,
+    which torch refuses for a CPU module; on the CPU ``device_ids`` must be ``None``."""
+    from recbole.trainer import trainer as rb_trainer
+
+    ddp = torch.nn.parallel.DistributedDataParallel
+
+    def make(module, device_ids=None, **kwargs):
+        on_cpu = all(p.device.type == "cpu" for p in module.parameters())
+        return ddp(module, device_ids=None if on_cpu else device_ids, **kwargs)
+
+    rb_trainer.DistributedDataParallel = make
+
+
 def apply() -> None:
     """Install the compatibility patches once (idempotent)."""
     global _APPLIED
@@ -164,4 +183,5 @@ def apply() -> None:
 
     rb_trainer.Trainer._save_checkpoint = _save_checkpoint
     _fix_sasrecf()
+    _ddp_on_cpu()
     _APPLIED = True

@@ -88,3 +88,26 @@ class MMConfig(Config):
                 f"Known datasets: {', '.join(registry.known_datasets())}."
             )
         self.final_config_dict["data_path"] = folder
+
+    def _init_device(self):
+        """RecBole's device set-up, plus distributed data parallel on the CPU (gloo) when no GPU
+        is used; RecBole itself only knows NCCL on CUDA."""
+        import torch
+
+        cfg = self.final_config_dict
+        use_cuda = torch.cuda.is_available() and str(cfg.get("gpu_id", "")) != ""
+        if "local_rank" not in cfg or use_cuda:
+            return super()._init_device()
+        cfg["gpu_id"] = str(cfg.get("gpu_id", ""))
+        torch.distributed.init_process_group(
+            backend="gloo",
+            rank=cfg["local_rank"] + cfg.get("offset", 0),
+            world_size=cfg["world_size"],
+            init_method=f"tcp://{cfg['ip']}:{cfg['port']}",
+        )
+        cfg["device"] = torch.device("cpu")
+        cfg["single_spec"] = False
+        if cfg["local_rank"] != 0:
+            cfg["state"] = "error"
+            cfg["show_progress"] = False
+            cfg["verbose"] = False
