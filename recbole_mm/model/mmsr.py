@@ -1,0 +1,127 @@
+"""MMSR: ID-agnostic multi-modal sequential recommendation (Li et al., "An Empirical Study of
+Training ID-Agnostic Multi-modal Sequential Recommenders", 2023; spec MMSR.md).
+
+Item vectors come only from content: text encoder + vision encoder + a fusion module
+(:class:`~recbole_mm.model.mmsr_towers.ItemTower`); they replace the ID embedding of a sequence
+encoder (SASRec, GRU4Rec or NextItNet; :mod:`recbole_mm.model.mmsr_backbones`). Training is
+dense next-item prediction with BCE on one sampled negative per valid position (drawn inside the
+model, never an item of the user's sequence); evaluation ranks all items by encoding every item
+(the item table is cached during an evaluation and dropped whenever the model changes mode).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.utils import InputType
+
+from recbole_mm.model.mmsr_backbones import build_backbone
+from recbole_mm.model.mmsr_data import MMSRDataset
+from recbole_mm.model.mmsr_towers import ItemTower
+from recbole_mm.registry import register_model
+from recbole_mm.trainer.mmsr import MMSRTrainer
+
+
+@register_model
+class MMSR(SequentialRecommender):
+    input_type = InputType.POINTWISE
+    dataset_class = MMSRDataset
+    trainer_class = MMSRTrainer
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.hidden_size = int(config["hidden_size"])
+        if (config["loss_type"] or "BCE_dense") != "BCE_dense":
+            raise ValueError(f"MMSR trains with loss_type BCE_dense (the paper's loss), got "
+                             f"'{config['loss_type']}'.")
+        self.mask_history = bool(config["mask_history_items"])
+        self.neg_max_tries = int(config["neg_max_tries"] or 100)
+        self.encode_chunk = int(config["item_encode_batch_size"] or 512)
+        self.item_tower = ItemTower(config, dataset, self.hidden_size)
+        self.seq_encoder = build_backbone(
+            config["seq_arch"] or "sasrec", self.hidden_size, self.max_seq_length,
+            int(config["n_layers"]), int(config["n_heads"] or 2), config["inner_size"],
+            float(config["dropout_prob"]))
+        self._item_table = None
+
+    # ------------------------------------------------------------------ RecBole rhythm
+    def train(self, mode: bool = True):
+        self._item_table = None  # weights may change (training) or be reloaded (best model)
+        return super().train(mode)
+
+    def load_state_dict(self, state_dict, strict: bool = True, **kwargs):
+        self._item_table = None
+        return super().load_state_dict(state_dict, strict=strict, **kwargs)
+
+    def forward(self, item_seq, item_seq_len, item_vecs=None):
+        """States ``[B, L, d]`` at every position of ``item_seq`` (right-padded)."""
+        E = self.item_tower(item_seq, self.encode_chunk) if item_vecs is None else item_vecs
+        return self.seq_encoder(E, item_seq)
+
+    def dense_targets(self, item_seq, item_seq_len, pos_items):
+        """Next item at every position: ``item_seq[t+1]`` for t < len-1, the target at len-1;
+        returns ``(targets [B, L], valid [B, L] bool)``."""
+        B, L = item_seq.shape
+        pos = torch.arange(L, device=item_seq.device)[None]
+        targets = torch.cat([item_seq[:, 1:], item_seq.new_zeros(B, 1)], dim=1)
+        last = pos == (item_seq_len - 1)[:, None]
+        targets = torch.where(last, pos_items[:, None].expand(B, L), targets)
+        valid = pos < item_seq_len[:, None]
+        return targets * valid, valid
+
+    def sample_negatives(self, item_seq, targets, valid):
+        """One uniform item in ``[1, n_items)`` per valid position, redrawn while it is in the
+        user's sequence (history or target); padding positions get 0."""
+        seen = torch.cat([item_seq, targets], dim=1)  # [B, 2L]
+        neg = torch.randint(1, self.n_items, targets.shape, device=targets.device)
+        for _ in range(self.neg_max_tries):
+            bad = (neg[:, :, None] == seen[:, None, :]).any(-1) & valid
+            if not bad.any():
+                break
+            neg = torch.where(bad, torch.randint(1, self.n_items, targets.shape, device=targets.device), neg)
+        return neg * valid
+
+    def calculate_loss(self, interaction):
+        item_seq = interaction[self.ITEM_SEQ]
+        item_seq_len = interaction[self.ITEM_SEQ_LEN]
+        targets, valid = self.dense_targets(item_seq, item_seq_len, interaction[self.POS_ITEM_ID])
+        neg = self.sample_negatives(item_seq, targets, valid)
+        L = item_seq.shape[1]
+        # every distinct item of the batch (inputs, positives, negatives) is encoded once
+        vecs = self.item_tower(torch.cat([item_seq, targets, neg], dim=1), self.encode_chunk)
+        E, pos_v, neg_v = vecs[:, :L], vecs[:, L: 2 * L], vecs[:, 2 * L:]
+        H = self.forward(item_seq, item_seq_len, E)
+        pos_logit = (H * pos_v).sum(-1)[valid]
+        neg_logit = (H * neg_v).sum(-1)[valid]
+        return (F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit))
+                + F.binary_cross_entropy_with_logits(neg_logit, torch.zeros_like(neg_logit)))
+
+    def user_vector(self, interaction):
+        item_seq = interaction[self.ITEM_SEQ]
+        item_seq_len = interaction[self.ITEM_SEQ_LEN]
+        H = self.forward(item_seq, item_seq_len)
+        return self.gather_indexes(H, item_seq_len - 1)
+
+    def item_table(self) -> torch.Tensor:
+        """``[n_items, d]`` vectors of every item (row 0 = padding = zeros); cached until the model
+        changes mode or loads weights. Computed without gradients outside training."""
+        if self._item_table is None or self.training:
+            ids = torch.arange(self.n_items, device=self.device)
+            with torch.set_grad_enabled(self.training):
+                table = self.item_tower(ids, self.encode_chunk)
+            if self.training:
+                return table
+            self._item_table = table
+        return self._item_table
+
+    def predict(self, interaction):
+        user = self.user_vector(interaction)
+        items = self.item_tower(interaction[self.ITEM_ID], self.encode_chunk)
+        return (user * items).sum(-1)
+
+    def full_sort_predict(self, interaction):
+        scores = self.user_vector(interaction) @ self.item_table().t()
+        if self.mask_history:  # the paper ranks only items outside the input sequence
+            item_seq = interaction[self.ITEM_SEQ]
+            scores = scores.scatter(1, item_seq, float("-inf"))
+        return scores
