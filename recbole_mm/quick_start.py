@@ -14,6 +14,7 @@ from recbole.utils import init_logger, init_seed, set_color
 from recbole_mm import registry
 from recbole_mm.compat import load_checkpoint
 from recbole_mm.config import MMConfig
+from recbole_mm.evaluation import apply_eval_options
 
 
 def create_dataset(config):
@@ -84,6 +85,7 @@ def _run_single(model, dataset, config_file_list, config_dict, saved, queue=None
     data = create_dataset(config)
     logger.info(data)
     train_data, valid_data, test_data = data_preparation(config, data)
+    train_data, valid_data, test_data = apply_eval_options(config, train_data, valid_data, test_data)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model_class = registry.get_model(config["model"])
@@ -137,6 +139,7 @@ def load_data_and_model(model_file, config_dict=None):
     logging.getLogger().info(config)
     dataset = create_dataset(config)
     train_data, valid_data, test_data = data_preparation(config, dataset)
+    train_data, valid_data, test_data = apply_eval_options(config, train_data, valid_data, test_data)
     init_seed(config["seed"], config["reproducibility"])
     model = registry.get_model(config["model"])(config, train_data._dataset).to(config["device"])
     model.load_state_dict(checkpoint["state_dict"])
