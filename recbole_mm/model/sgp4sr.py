@@ -1,0 +1,458 @@
+"""SGP4SR: Separated-Modality Guided User Preference Learning for Multimodal Sequential
+Recommendation (Li et al., AAAI'26). Specification: ``../shared/papers/SGP4SR.md``.
+
+Modality features never enter the network: they only decide which item IDs are mixed.
+
+* **CGC** (co-occurrence guided graph construction, Eq. 1-4): per modality m, the top-H^m cosine
+  neighbours N^m_i (self included) are filtered by the top-H^o co-occurring items N^o_i: common
+  items first, then the best remaining cosine neighbours until H are chosen; Â^m holds 1/H per
+  neighbour (sparse n x H, padding never a neighbour). Ê^m = Â^m E^id, Ê^o = Â^o E^id where Â^o
+  is the row-L2-normalised inverse-distance co-occurrence of the training sequences.
+* Three causal self-attention encoders (image, text, ID-over-co-occurrence) sharing one stack of
+  pmixer-style SASRec blocks (queries layer-normalised).
+* **CIP** (clustering interest perception, Eq. 8-14): k-means over each modality's raw features,
+  Ĉ^m = C^m Â^m, centres Ĉ^m E^id refined in every layer by Interest Center Attention (ICA), the
+  same attention/FFN weights attending from the centres to the layer's sequence states.
+* Fusion (Eq. 15-17): Gumbel-softmax choice of centres added to each modality's last state (u^m);
+  u^s = LN(ρ_T H^T + ρ_V H^V + β H^o). Scores (Eq. 18-20): u^s E^idᵀ + Σ_m ρ_m u^m Ê^mᵀ; loss
+  (Eq. 21-22): full-softmax CE on the three heads.
+
+Ablations (paper Table 3): ``use_cgc_cooccurrence: false`` (w/o COO), ``use_cgc: false``
+(w/o CGC), ``use_cip: false`` or ``means_k: 0`` (w/o CIP), ``separated_modality: false``
+(w/o MUL), ``use_c2c: false`` (w/o C2C = w/o CGC + w/o CIP).
+"""
+from __future__ import annotations
+
+import hashlib
+from logging import getLogger
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from recbole.model.abstract_recommender import SequentialRecommender
+
+from recbole_mm.data import graphs
+from recbole_mm.model.layers import ModalityAdapter, gumbel_softmax_choice, sparse_propagate
+from recbole_mm.registry import register_model
+
+ICA_MASKS = ("official", "padding")
+
+
+# ---------------------------------------------------------------------------------------------
+# offline structures (numpy / scipy): CGC graph and CIP cluster matrix
+# ---------------------------------------------------------------------------------------------
+def neighbour_counts(H: int, miu_c: float, miu_m: float) -> tuple[int, int]:
+    """``(H^o, H^m) = (int(μ^o H), int(μ^m H))`` (official code; the paper never defines μ)."""
+    if H < 1:
+        raise ValueError(f"SGP4SR: knn_k (H) must be >= 1, got {H}.")
+    if miu_c < 0:
+        raise ValueError(f"SGP4SR: miu_c (μ^o) must be >= 0, got {miu_c}.")
+    h_o, h_m = int(miu_c * H), int(miu_m * H)
+    if h_m < H:
+        raise ValueError(f"SGP4SR: miu_m (μ^m) must be >= 1 so that H^m = int(μ^m·H) >= H; "
+                         f"got μ^m={miu_m}, H={H} -> H^m={h_m}.")
+    return h_o, h_m
+
+
+def top_positive_per_row(adj: sp.spmatrix, k: int) -> np.ndarray:
+    """``[n, k]`` column ids of the ``k`` largest positive entries of each row (ties: lower id), -1 pads."""
+    adj = sp.csr_matrix(adj)
+    n = adj.shape[0]
+    out = -np.ones((n, max(k, 0)), dtype=np.int64)
+    if k <= 0 or adj.nnz == 0:
+        return out
+    rows = np.repeat(np.arange(n), np.diff(adj.indptr))
+    keep = adj.data > 0
+    rows, cols, vals = rows[keep], adj.indices[keep].astype(np.int64), adj.data[keep]
+    order = np.lexsort((cols, -vals, rows))
+    rows, cols = rows[order], cols[order]
+    start = np.searchsorted(rows, np.arange(n))
+    rank = np.arange(len(rows)) - start[rows]
+    sel = rank < k
+    out[rows[sel], rank[sel]] = cols[sel]
+    return out
+
+
+def cgc_neighbours(modal_idx: np.ndarray, cooc_idx: np.ndarray, H: int) -> np.ndarray:
+    """CGC selection (Eq. 2-3 and the top-up).
+
+    ``modal_idx`` [n, H^m]: each item's cosine neighbours N^m_i in descending similarity (-1 pads);
+    ``cooc_idx`` [n, H^o]: its top co-occurring items N^o_i (-1 pads). Returns ``[n, H]``: the
+    common items N^m ∩ N^o (cosine order) followed by the best remaining items of N^m (-1 pads when
+    N^m has fewer than H items).
+    """
+    n, h_m = modal_idx.shape
+    valid = modal_idx >= 0
+    if cooc_idx.shape[1] > 0:
+        common = (modal_idx[:, :, None] == cooc_idx[:, None, :]).any(-1) & valid
+    else:
+        common = np.zeros_like(valid)
+    # rank: common items first, then other valid items, invalid last; stable keeps cosine order
+    key = np.where(common, 0, np.where(valid, 1, 2))
+    order = np.argsort(key, axis=1, kind="stable")[:, :H]
+    chosen = np.take_along_axis(modal_idx, order, axis=1)
+    chosen_valid = np.take_along_axis(valid, order, axis=1)
+    out = np.where(chosen_valid, chosen, -1)
+    if out.shape[1] < H:
+        out = np.concatenate([out, -np.ones((n, H - out.shape[1]), dtype=out.dtype)], axis=1)
+    return out
+
+
+def neighbours_to_graph(nbrs: np.ndarray, n: int, self_loop_rows=None) -> sp.csr_matrix:
+    """Row-stochastic sparse Â^m: value 1/|N̂_i| for each neighbour j of i (spec A3: 1/H).
+
+    Rows in ``self_loop_rows`` (real items without a usable feature) get the item itself with
+    weight 1 so that Ê^m keeps their ID embedding instead of a zero row.
+    """
+    mask = nbrs >= 0
+    deg = mask.sum(1)
+    rows = np.repeat(np.arange(n), nbrs.shape[1]).reshape(nbrs.shape)[mask]
+    cols = nbrs[mask]
+    vals = (1.0 / np.maximum(deg, 1))[rows]
+    if self_loop_rows is not None and len(self_loop_rows):
+        extra = np.asarray(self_loop_rows, dtype=np.int64)
+        extra = extra[deg[extra] == 0]
+        rows, cols = np.r_[rows, extra], np.r_[cols, extra]
+        vals = np.r_[vals, np.ones(len(extra))]
+    return sp.csr_matrix((vals.astype(np.float32), (rows, cols)), shape=(n, n))
+
+
+def build_cgc_graph(features: np.ndarray, present: np.ndarray, cooc: sp.spmatrix, H: int,
+                    h_o: int, h_m: int) -> sp.csr_matrix:
+    """Â^m for one modality: kNN (FAISS, cosine, self included) guided by co-occurrence ``cooc``."""
+    n = features.shape[0]
+    _, modal_idx, _ = graphs.knn_graph(features, h_m, present=present, include_self=True,
+                                       return_arrays=True)
+    cooc_idx = top_positive_per_row(cooc, h_o)
+    nbrs = cgc_neighbours(modal_idx, cooc_idx, H)
+    usable = np.asarray(present, dtype=bool) & (np.linalg.norm(features, axis=1) > 0)
+    usable[0] = False
+    missing = np.setdiff1d(np.arange(1, n), np.flatnonzero(usable))
+    return neighbours_to_graph(nbrs, n, self_loop_rows=missing)
+
+
+def cluster_matrix(assign: np.ndarray, items: np.ndarray, k: int, n: int) -> sp.csr_matrix:
+    """C^m [k, n]: ``1/|cluster c|`` where item i is in cluster c (items not listed: no cluster)."""
+    counts = np.bincount(assign, minlength=k).astype(np.float64)
+    vals = 1.0 / counts[assign]
+    return sp.csr_matrix((vals.astype(np.float32), (assign, items)), shape=(k, n))
+
+
+def _digest(*arrays) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(a.tobytes())
+        h.update(str(a.shape).encode())
+    return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# network
+# ---------------------------------------------------------------------------------------------
+class PointWiseFeedForward(nn.Module):
+    """``x + Drop(W_2 ReLU(Drop(W_1 x + b_1)) + b_2)`` (SASRec.pytorch's 1x1-conv FFN, as linears)."""
+
+    def __init__(self, d: int, dropout: float):
+        super().__init__()
+        self.linear1 = nn.Linear(d, d)
+        self.linear2 = nn.Linear(d, d)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+
+    def forward(self, x):
+        return x + self.dropout2(self.linear2(self.dropout1(F.relu(self.linear1(x)))))
+
+
+class SGPBlock(nn.Module):
+    """One Transformer block (queries layer-normalised, keys/values not) also used by ICA."""
+
+    def __init__(self, d: int, n_heads: int, dropout: float, eps: float):
+        super().__init__()
+        self.attn_layernorm = nn.LayerNorm(d, eps=eps)  # LN^a
+        self.attn = nn.MultiheadAttention(d, n_heads, dropout=dropout, batch_first=True)
+        self.ffn_layernorm = nn.LayerNorm(d, eps=eps)  # LN^f
+        self.ffn = PointWiseFeedForward(d, dropout)
+
+    def forward(self, x, keep, causal_mask):
+        """Sequence self-attention: ``X <- M ⊙ FFN(LN^f(Q + MHA(Q, X, X)))``, ``Q = LN^a(X)``."""
+        q = self.attn_layernorm(x)
+        h = q + self.attn(q, x, x, attn_mask=causal_mask, need_weights=False)[0]
+        return self.ffn(self.ffn_layernorm(h)) * keep
+
+    def centres(self, z, x, ica_mask, key_padding_mask=None):
+        """ICA (Eq. 10-13): ``Z <- FFN(Q_z + MHA(Q_z, X, X))``, ``Q_z = LN^a(Z)``, same weights."""
+        q = self.attn_layernorm(z)
+        h = q + self.attn(q, x, x, attn_mask=ica_mask, key_padding_mask=key_padding_mask,
+                          need_weights=False)[0]
+        return self.ffn(h)
+
+
+@register_model
+class SGP4SR(SequentialRecommender):
+    """Separated-modality guided preference learning (CGC graphs, CIP interest centres)."""
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.logger = getLogger()
+        d = self.hidden_size = int(config["hidden_size"])
+        self.n_layers = int(config["n_layers"])
+        self.n_heads = int(config["n_heads"])
+        self.dropout_prob = float(config["hidden_dropout_prob"])
+        self.eps = float(config["layer_norm_eps"])
+        if config["loss_type"] != "CE":
+            raise ValueError("SGP4SR trains with full-softmax cross-entropy: set loss_type: CE.")
+
+        # ---- switches (paper Table 3)
+        use_c2c = config["use_c2c"] is not False
+        self.use_cgc = bool(config["use_cgc"]) and use_c2c
+        self.use_cooccurrence = bool(config["use_cgc_cooccurrence"])
+        self.separated = bool(config["separated_modality"])
+        self.means_k = self._centre_count(config, dataset)
+        self.use_cip = bool(config["use_cip"]) and use_c2c and self.means_k > 0
+
+        # ---- hyper-parameters
+        self.knn_k = int(config["knn_k"])
+        self.h_o, self.h_m = neighbour_counts(self.knn_k, float(config["miu_c"]), float(config["miu_m"]))
+        if not self.use_cooccurrence:
+            self.h_o = 0
+        rho_v = float(config["mb"])
+        if not 0.0 <= rho_v <= 1.0:
+            raise ValueError(f"SGP4SR: mb (ρ_V) must lie in [0, 1], got {rho_v}.")
+        self.id_weight = float(config["id_fusion_weight"])  # β
+        self.center_weight = float(config["center_weight"])  # α
+        self.scale_mm = d ** float(config["mm_scale_exp"])
+        self.scale_id = d ** float(config["id_scale_exp"])
+        self.gumbel_tau = float(config["gumbel_tau"])
+        self.gumbel_eval = bool(config["gumbel_eval"])
+        self.ica_mask_mode = config["ica_mask"]
+        if self.ica_mask_mode not in ICA_MASKS:
+            raise ValueError(f"SGP4SR: ica_mask must be one of {ICA_MASKS}, got {self.ica_mask_mode!r}.")
+        self.share_encoder = bool(config["share_encoder"])
+
+        image, text = config["image_modality"], config["text_modality"]
+        self.modality_names = {"image": image, "text": text}
+        dataset.require_modalities([image, text], "SGP4SR")
+        # branches: (name, ρ) — image/text (separated) or one fused modality (w/o MUL)
+        self.branches = [("image", rho_v), ("text", 1.0 - rho_v)] if self.separated else [("fused", 1.0)]
+        self.rho = {b: r for b, r in self.branches}
+
+        # ---- parameters
+        self.item_embedding = nn.Embedding(self.n_items, d)  # E^id (the [PAD] row is trained too)
+        self.position_embedding = nn.Embedding(self.max_seq_length, d)  # P
+        names = ["shared"] if self.share_encoder else [b for b, _ in self.branches] + ["id"]
+        self.encoders = nn.ModuleDict({
+            name: nn.ModuleList(SGPBlock(d, self.n_heads, self.dropout_prob, self.eps)
+                                for _ in range(self.n_layers))
+            for name in names
+        })
+        self.output_layernorm = nn.LayerNorm(d, eps=self.eps)  # LN_out
+        self.emb_dropout = nn.Dropout(self.dropout_prob)
+        self.ce = nn.CrossEntropyLoss()
+
+        # ---- offline structures (training split only), fixed during training
+        feats = self._branch_features(dataset)
+        cooc_raw = dataset.cooccurrence(weight=config["co_weight"], self_loops=False)
+        adj_o = graphs.normalize(cooc_raw, config["co_norm"])  # Â^o
+        self.register_buffer("adj_o", graphs.to_torch_sparse(adj_o), persistent=False)
+        self.adapters = nn.ModuleDict()
+        for b, _ in self.branches:
+            x, present = feats[b]
+            adj_m = self._cgc_graph(dataset, b, x, present, cooc_raw, config)
+            if self.use_cgc:
+                self.register_buffer(f"adj_{b}", graphs.to_torch_sparse(adj_m), persistent=False)
+            else:  # w/o CGC: a learned projection of the frozen features replaces Â^m E^id
+                self.adapters[b] = ModalityAdapter(x.shape[1], d, kind="linear")
+                self.register_buffer(f"feat_{b}", torch.from_numpy(np.ascontiguousarray(x)), persistent=False)
+            if self.use_cip:
+                c_m = self._clusters(dataset, x, present, config)
+                centre_map = (c_m @ adj_m).tocsr() if self.use_cgc else c_m  # Ĉ^m = C^m Â^m
+                self.register_buffer(f"centre_map_{b}", graphs.to_torch_sparse(centre_map),
+                                     persistent=False)
+        self.register_buffer("causal_mask", torch.triu(
+            torch.ones(self.max_seq_length, self.max_seq_length, dtype=torch.bool), 1), persistent=False)
+        if self.use_cip:
+            c = torch.arange(self.means_k)[:, None]
+            p = torch.arange(self.max_seq_length)[None, :]
+            self.register_buffer("ica_mask", p > c, persistent=False)  # centre c sees positions <= c
+
+        nn.init.normal_(self.item_embedding.weight, std=0.02)
+        nn.init.normal_(self.position_embedding.weight, std=0.02)
+
+    # ------------------------------------------------------------------ construction helpers
+    @staticmethod
+    def _centre_count(config, dataset) -> int:
+        k = config["means_k"]
+        if k is None:
+            by_ds = config["means_k_by_dataset"] or {}
+            k = by_ds.get(dataset.dataset_name, config["means_k_default"])
+        k = int(k)
+        if k < 0:
+            raise ValueError(f"SGP4SR: means_k must be >= 0 (0 disables CIP), got {k}.")
+        return k
+
+    def _branch_features(self, dataset) -> dict:
+        """Raw features (numpy) and present masks per branch; w/o MUL: L2-normalised concat."""
+        out = {}
+        for b, name in self.modality_names.items():
+            out[b] = (dataset.modality_features[name].float().numpy(),
+                      dataset.modality_present[name].numpy().astype(bool))
+        if self.separated:
+            return out
+        (xi, pi), (xt, pt) = out["image"], out["text"]
+
+        def l2(x):
+            nrm = np.linalg.norm(x, axis=1, keepdims=True)
+            return np.divide(x, nrm, out=np.zeros_like(x), where=nrm > 0)
+
+        return {"fused": (np.concatenate([l2(xi), l2(xt)], axis=1).astype(np.float32), pi | pt)}
+
+    def _cgc_graph(self, dataset, branch, x, present, cooc_raw, config) -> sp.csr_matrix:
+        """Â^m for one branch, cached through the dataset cache (key: data, features, H, H^o, H^m)."""
+        key = {"kind": "sgp4sr_cgc", "data": dataset.fingerprint(), "x": _digest(x, present),
+               "H": self.knn_k, "Ho": self.h_o, "Hm": self.h_m, "co_weight": config["co_weight"],
+               "cooc": _digest(cooc_raw.indptr, cooc_raw.indices, cooc_raw.data)}
+        adj = dataset.cache.get_or_compute(
+            key, lambda: build_cgc_graph(x, present, cooc_raw, self.knn_k, self.h_o, self.h_m))
+        self.logger.info(f"SGP4SR CGC [{branch}]: H={self.knn_k}, H^o={self.h_o}, H^m={self.h_m}, "
+                         f"{adj.nnz} edges")
+        return sp.csr_matrix(adj, dtype=np.float32)
+
+    def _clusters(self, dataset, x, present, config) -> sp.csr_matrix:
+        """C^m [k, n] from k-means over the raw features of the real items that have one."""
+        usable = present.copy()
+        usable[0] = False
+        items = np.flatnonzero(usable)
+        if self.means_k > len(items):
+            raise ValueError(f"SGP4SR: means_k={self.means_k} interest centres but only {len(items)} "
+                             f"items have features; lower means_k.")
+        _, assign = dataset.kmeans(x[items], self.means_k, seed=int(config["kmeans_seed"]))
+        return cluster_matrix(np.asarray(assign, dtype=np.int64), items, self.means_k, self.n_items)
+
+    # ------------------------------------------------------------------ forward
+    def _encoder(self, branch: str):
+        return self.encoders["shared" if self.share_encoder else branch]
+
+    def item_tables(self) -> dict:
+        """Item tables of this step: ``id`` (E^id), ``cooc`` (Â^o E^id) and Ê^m per branch."""
+        e = self.item_embedding.weight
+        tables = {"id": e, "cooc": sparse_propagate(self.adj_o, e)}
+        for b, _ in self.branches:
+            if self.use_cgc:
+                tables[b] = sparse_propagate(getattr(self, f"adj_{b}"), e)
+            else:
+                tables[b] = self.adapters[b](getattr(self, f"feat_{b}"))
+        return tables
+
+    def _run_encoders(self, inputs: dict, keep, centres: dict, key_padding):
+        """Run each branch through its block stack; ICA updates the centres from layer inputs."""
+        L = keep.shape[1]
+        causal = self.causal_mask[:L, :L]
+        ica_mask = self.ica_mask[:, :L] if centres else None
+        if self.share_encoder:  # one pass over the concatenated branches (same weights)
+            names = list(inputs)  # modality branches first, then 'cooc'
+            B = keep.shape[0]
+            x = torch.cat([inputs[n] for n in names])
+            kp = keep.repeat(len(names), 1, 1)
+            cnames = list(centres)
+            assert names[:len(cnames)] == cnames
+            z = torch.cat([centres[n] for n in cnames]) if cnames else None
+            kpm = key_padding.repeat(len(cnames), 1) if (cnames and key_padding is not None) else None
+            for block in self.encoders["shared"]:
+                if z is not None:
+                    z = block.centres(z, x[:len(cnames) * B], ica_mask, kpm)  # layer inputs
+                x = block(x, kp, causal)
+            outs = {n: x[i * B:(i + 1) * B] for i, n in enumerate(names)}
+            zs = {n: z[i * B:(i + 1) * B] for i, n in enumerate(cnames)} if cnames else {}
+            return outs, zs
+        outs, zs = {}, {}
+        for n, x in inputs.items():
+            z = centres.get(n)
+            for block in self._encoder(n if n != "cooc" else "id"):
+                if z is not None:
+                    z = block.centres(z, x, ica_mask, key_padding)
+                x = block(x, keep, causal)
+            outs[n] = x
+            if z is not None:
+                zs[n] = z
+        return outs, zs
+
+    def encode(self, item_seq, item_seq_len, tables=None):
+        """User vectors ``{'s': u^s, <branch>: u^m}`` (each B x d) and the item tables."""
+        tables = self.item_tables() if tables is None else tables
+        keep = (item_seq != 0).unsqueeze(-1).to(tables["id"].dtype)  # M
+        L = item_seq.shape[1]
+        pos = self.position_embedding.weight[:L].unsqueeze(0)
+        inputs = {}
+        for b, _ in self.branches:  # X^m_0 = M ⊙ Drop(s_m Ê^m[S] + P)
+            inputs[b] = self.emb_dropout(self.scale_mm * tables[b][item_seq] + pos) * keep
+        inputs["cooc"] = self.emb_dropout(self.scale_id * tables["cooc"][item_seq] + pos) * keep
+
+        centres0 = {}
+        if self.use_cip:  # Z^m_0 = Drop(s_m Ĉ^m E^id), one copy per user
+            B = item_seq.shape[0]
+            for b, _ in self.branches:
+                src = tables["id"] if self.use_cgc else tables[b]
+                init = torch.sparse.mm(getattr(self, f"centre_map_{b}"), src)
+                centres0[b] = self.emb_dropout(self.scale_mm * init.unsqueeze(0).expand(B, -1, -1))
+        key_padding = (item_seq == 0) if self.ica_mask_mode == "padding" else None
+        outs, centres = self._run_encoders(inputs, keep, centres0, key_padding)
+
+        last = item_seq_len - 1
+        users = {}
+        fused = self.id_weight * outs["cooc"]
+        for b, rho in self.branches:
+            fused = fused + rho * outs[b]
+        users["s"] = self.output_layernorm(self.gather_indexes(fused, last))  # Eq. 17
+        for b, _ in self.branches:
+            h_last = self.gather_indexes(outs[b], last)
+            if self.use_cip:  # Eq. 15-16: Gumbel-softmax over centres, logits X^m_0 (Z^m_0)ᵀ
+                x0_last = self.gather_indexes(inputs[b], last)
+                logits = torch.bmm(centres0[b], x0_last.unsqueeze(-1)).squeeze(-1)  # B x k
+                weights = gumbel_softmax_choice(logits, tau=self.gumbel_tau,
+                                                stochastic=self.training or self.gumbel_eval)
+                centre = torch.bmm(weights.unsqueeze(1), centres[b]).squeeze(1)
+                h_last = h_last + self.center_weight * centre
+            users[b] = self.output_layernorm(h_last)
+        return users, tables
+
+    def forward(self, item_seq, item_seq_len):
+        """``(u^s, u^V, u^T)`` (w/o MUL: ``(u^s, u^fused)``), each B x hidden_size."""
+        users, _ = self.encode(item_seq, item_seq_len)
+        return tuple(users[k] for k in ["s"] + [b for b, _ in self.branches])
+
+    def _head_logits(self, users, tables):
+        """``{'s': u^s E^idᵀ, <branch>: u^m Ê^mᵀ}`` (B x n_items each)."""
+        out = {"s": users["s"] @ tables["id"].t()}
+        for b, _ in self.branches:
+            out[b] = users[b] @ tables[b].t()
+        return out
+
+    def calculate_loss(self, interaction):
+        item_seq = interaction[self.ITEM_SEQ]
+        item_seq_len = interaction[self.ITEM_SEQ_LEN]
+        target = interaction[self.POS_ITEM_ID]
+        users, tables = self.encode(item_seq, item_seq_len)
+        logits = self._head_logits(users, tables)
+        loss = self.ce(logits["s"], target)  # Eq. 21-22
+        for b, rho in self.branches:
+            loss = loss + rho * self.ce(logits[b], target)
+        return loss
+
+    def full_sort_predict(self, interaction):
+        users, tables = self.encode(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        logits = self._head_logits(users, tables)
+        scores = logits["s"]  # Eq. 20
+        for b, rho in self.branches:
+            scores = scores + rho * logits[b]
+        return scores
+
+    def predict(self, interaction):
+        users, tables = self.encode(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        item = interaction[self.ITEM_ID]
+        scores = (users["s"] * tables["id"][item]).sum(-1)
+        for b, rho in self.branches:
+            scores = scores + rho * (users[b] * tables[b][item]).sum(-1)
+        return scores
