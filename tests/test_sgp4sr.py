@@ -231,15 +231,44 @@ def test_gumbel_eval_determinism(build):
     torch.testing.assert_close(c, e, rtol=0, atol=0)
 
 
+def _bias(mask):
+    return torch.zeros(mask.shape).masked_fill(mask, float("-inf"))
+
+
+def test_block_attention_equals_torch_multihead_attention():
+    torch.manual_seed(0)
+    block = S.SGPBlock(8, 2, 0.0, 1e-8).eval()
+    x, z = torch.randn(3, 6, 8), torch.randn(3, 4, 8)
+    causal = torch.triu(torch.ones(6, 6, dtype=torch.bool), 1)
+    q = block.attn_layernorm(x)
+    want = block.ffn(block.ffn_layernorm(q + block.attn(q, x, x, attn_mask=causal)[0]))
+    torch.testing.assert_close(block(x, torch.ones(3, 6, 1), _bias(causal)), want)
+    ica = torch.arange(6)[None, :] > torch.arange(4)[:, None]
+    qz = block.attn_layernorm(z)
+    want_z = block.ffn(qz + block.attn(qz, x, x, attn_mask=ica)[0])
+    torch.testing.assert_close(block.centres(z, block.keys_values(x), _bias(ica)), want_z)
+
+
 def test_ica_official_mask_hides_later_positions():
     block = S.SGPBlock(8, 2, 0.0, 1e-8).eval()
     z, x = torch.randn(1, 4, 8), torch.randn(1, 6, 8)
-    mask = torch.arange(6)[None, :] > torch.arange(4)[:, None]
+    bias = _bias(torch.arange(6)[None, :] > torch.arange(4)[:, None])
     x2 = x.clone()
     x2[:, 3:] = torch.randn(1, 3, 8)  # positions 3.. are invisible to centres 0..2
-    a, b = block.centres(z, x, mask), block.centres(z, x2, mask)
+    a = block.centres(z, block.keys_values(x), bias)
+    b = block.centres(z, block.keys_values(x2), bias)
     torch.testing.assert_close(a[:, :3], b[:, :3])
     assert not torch.allclose(a[:, 3], b[:, 3])
+
+
+@pytest.mark.parametrize("ica_mask", ["official", "padding"])
+def test_trimmed_padding_equals_full_width(build, ica_mask):
+    model, config, train, test = build(ica_mask=ica_mask, means_k=20)
+    batch = first_batch(test)
+    assert int(batch[model.ITEM_SEQ_LEN].max()) < batch[model.ITEM_SEQ].shape[1] - 20  # k > T
+    trimmed = _scores(model, batch)
+    model.trim_padding = False
+    torch.testing.assert_close(_scores(model, batch), trimmed, rtol=1e-4, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------ ablations

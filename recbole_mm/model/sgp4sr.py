@@ -167,27 +167,55 @@ class PointWiseFeedForward(nn.Module):
 
 
 class SGPBlock(nn.Module):
-    """One Transformer block (queries layer-normalised, keys/values not) also used by ICA."""
+    """One Transformer block (queries layer-normalised, keys/values not), also used by ICA.
+
+    The attention parameters live in a ``nn.MultiheadAttention`` (W^q, W^k, W^v, U); the block
+    computes the keys/values of its input once and lets both the sequence positions and the
+    interest centres (ICA, Eq. 10-12: same W^q, W^k, W^v, U) attend to them. Masks are additive
+    float biases ``[queries, keys]`` (0 visible, -inf hidden; other values weight a key).
+    """
 
     def __init__(self, d: int, n_heads: int, dropout: float, eps: float):
         super().__init__()
+        if d % n_heads:
+            raise ValueError(f"SGP4SR: hidden_size {d} is not divisible by n_heads {n_heads}.")
+        self.d, self.n_heads, self.dropout = d, n_heads, dropout
         self.attn_layernorm = nn.LayerNorm(d, eps=eps)  # LN^a
         self.attn = nn.MultiheadAttention(d, n_heads, dropout=dropout, batch_first=True)
         self.ffn_layernorm = nn.LayerNorm(d, eps=eps)  # LN^f
         self.ffn = PointWiseFeedForward(d, dropout)
 
-    def forward(self, x, keep, causal_mask):
+    def _project(self, x, i: int):
+        d, h = self.d, self.n_heads
+        w = self.attn.in_proj_weight[i * d:(i + 1) * d]
+        b = self.attn.in_proj_bias[i * d:(i + 1) * d]
+        y = F.linear(x, w, b)
+        return y.view(*x.shape[:-1], h, d // h).transpose(-3, -2)  # [N, h, len, d/h]
+
+    def _attend(self, q_in, k, v, bias):
+        q = self._project(q_in, 0)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
+                                             dropout_p=self.dropout if self.training else 0.0)
+        out = out.transpose(-3, -2).reshape(q_in.shape)
+        return self.attn.out_proj(out)
+
+    def keys_values(self, x, pad_key: bool = False):
+        """Keys and values of ``x`` (+ one all-zero padding position at the end with ``pad_key``)."""
+        if pad_key:
+            x = torch.cat([x, x.new_zeros(x.shape[0], 1, x.shape[2])], dim=1)
+        return self._project(x, 1), self._project(x, 2)
+
+    def forward(self, x, keep, seq_bias, kv=None):
         """Sequence self-attention: ``X <- M ⊙ FFN(LN^f(Q + MHA(Q, X, X)))``, ``Q = LN^a(X)``."""
+        k, v = self.keys_values(x) if kv is None else kv
         q = self.attn_layernorm(x)
-        h = q + self.attn(q, x, x, attn_mask=causal_mask, need_weights=False)[0]
+        h = q + self._attend(q, k, v, seq_bias)
         return self.ffn(self.ffn_layernorm(h)) * keep
 
-    def centres(self, z, x, ica_mask, key_padding_mask=None):
-        """ICA (Eq. 10-13): ``Z <- FFN(Q_z + MHA(Q_z, X, X))``, ``Q_z = LN^a(Z)``, same weights."""
+    def centres(self, z, kv, ica_bias):
+        """ICA (Eq. 10-13, code form): ``Z <- FFN(Q_z + MHA(Q_z, X, X))``, ``Q_z = LN^a(Z)``."""
         q = self.attn_layernorm(z)
-        h = q + self.attn(q, x, x, attn_mask=ica_mask, key_padding_mask=key_padding_mask,
-                          need_weights=False)[0]
-        return self.ffn(h)
+        return self.ffn(q + self._attend(q, kv[0], kv[1], ica_bias))
 
 
 @register_model
@@ -231,6 +259,7 @@ class SGP4SR(SequentialRecommender):
         if self.ica_mask_mode not in ICA_MASKS:
             raise ValueError(f"SGP4SR: ica_mask must be one of {ICA_MASKS}, got {self.ica_mask_mode!r}.")
         self.share_encoder = bool(config["share_encoder"])
+        self.trim_padding = config["trim_padding"] is not False
 
         image, text = config["image_modality"], config["text_modality"]
         self.modality_names = {"image": image, "text": text}
@@ -271,12 +300,6 @@ class SGP4SR(SequentialRecommender):
                 centre_map = (c_m @ adj_m).tocsr() if self.use_cgc else c_m  # Ĉ^m = C^m Â^m
                 self.register_buffer(f"centre_map_{b}", graphs.to_torch_sparse(centre_map),
                                      persistent=False)
-        self.register_buffer("causal_mask", torch.triu(
-            torch.ones(self.max_seq_length, self.max_seq_length, dtype=torch.bool), 1), persistent=False)
-        if self.use_cip:
-            c = torch.arange(self.means_k)[:, None]
-            p = torch.arange(self.max_seq_length)[None, :]
-            self.register_buffer("ica_mask", p > c, persistent=False)  # centre c sees positions <= c
 
         nn.init.normal_(self.item_embedding.weight, std=0.02)
         nn.init.normal_(self.position_embedding.weight, std=0.02)
@@ -346,34 +369,64 @@ class SGP4SR(SequentialRecommender):
                 tables[b] = self.adapters[b](getattr(self, f"feat_{b}"))
         return tables
 
-    def _run_encoders(self, inputs: dict, keep, centres: dict, key_padding):
-        """Run each branch through its block stack; ICA updates the centres from layer inputs."""
-        L = keep.shape[1]
-        causal = self.causal_mask[:L, :L]
-        ica_mask = self.ica_mask[:, :L] if centres else None
+    def _biases(self, item_seq, T: int):
+        """Attention biases over the first ``T`` positions plus one merged padding key.
+
+        Positions >= T hold padding only (X is zero there at every layer, so each such key is
+        ``b_k`` with value ``b_v``); they are folded into one extra key whose bias is the log of
+        how many of them a query may see. This reproduces attention over the full padded width
+        exactly while computing only ``T = max length in the batch`` positions.
+        """
+        L = item_seq.shape[1]
+        dev = item_seq.device
+        neg = torch.tensor(float("-inf"), device=dev)
+        pos = torch.arange(T, device=dev)
+        seq_bias = torch.zeros(T, T + 1, device=dev)
+        seq_bias[:, :T] = torch.where(pos[None, :] > pos[:, None], neg, 0.0)  # causal
+        seq_bias[:, T] = neg  # later padding is never visible to positions < T
+        if not self.use_cip:
+            return seq_bias, None
+        c = torch.arange(self.means_k, device=dev)
+        if self.ica_mask_mode == "official":  # centre c sees positions p <= c (padding included)
+            ica = torch.zeros(self.means_k, T + 1, device=dev)
+            ica[:, :T] = torch.where(pos[None, :] > c[:, None], neg, 0.0)
+            hidden_pads = (torch.clamp(c, max=L - 1) - T + 1).clamp(min=0).float()
+            ica[:, T] = torch.where(hidden_pads > 0, hidden_pads.log(), neg)
+        else:  # every centre sees every real item, padding blocked
+            real = item_seq[:, :T] != 0
+            ica = torch.full((item_seq.shape[0], 1, 1, T + 1), float("-inf"), device=dev)
+            ica[:, 0, 0, :T] = torch.where(real, 0.0, neg)
+        return seq_bias, ica
+
+    def _run_stack(self, stack, x, keep, z, seq_bias, ica_bias):
+        """Layers of one block stack; ``z`` are the centres of the first ``len(z)`` rows of ``x``."""
+        for block in stack:
+            kv = block.keys_values(x, pad_key=True)  # layer input, shared by sequence and ICA
+            if z is not None:
+                n = z.shape[0]
+                z = block.centres(z, (kv[0][:n], kv[1][:n]), ica_bias)
+            x = block(x, keep, seq_bias, kv)
+        return x, z
+
+    def _run_encoders(self, inputs: dict, keep, centres: dict, seq_bias, ica_bias):
+        """Run the branches (image, text, cooc) through their stacks; ICA refines the centres."""
+        names = list(inputs)  # modality branches first, then 'cooc'
+        cnames = list(centres)
+        assert names[:len(cnames)] == cnames
+        B = keep.shape[0]
         if self.share_encoder:  # one pass over the concatenated branches (same weights)
-            names = list(inputs)  # modality branches first, then 'cooc'
-            B = keep.shape[0]
             x = torch.cat([inputs[n] for n in names])
-            kp = keep.repeat(len(names), 1, 1)
-            cnames = list(centres)
-            assert names[:len(cnames)] == cnames
             z = torch.cat([centres[n] for n in cnames]) if cnames else None
-            kpm = key_padding.repeat(len(cnames), 1) if (cnames and key_padding is not None) else None
-            for block in self.encoders["shared"]:
-                if z is not None:
-                    z = block.centres(z, x[:len(cnames) * B], ica_mask, kpm)  # layer inputs
-                x = block(x, kp, causal)
+            bias = ica_bias.repeat(len(cnames), 1, 1, 1) if (z is not None and ica_bias.dim() == 4) else ica_bias
+            x, z = self._run_stack(self.encoders["shared"], x, keep.repeat(len(names), 1, 1), z,
+                                   seq_bias, bias)
             outs = {n: x[i * B:(i + 1) * B] for i, n in enumerate(names)}
-            zs = {n: z[i * B:(i + 1) * B] for i, n in enumerate(cnames)} if cnames else {}
+            zs = {n: z[i * B:(i + 1) * B] for i, n in enumerate(cnames)}
             return outs, zs
         outs, zs = {}, {}
-        for n, x in inputs.items():
-            z = centres.get(n)
-            for block in self._encoder(n if n != "cooc" else "id"):
-                if z is not None:
-                    z = block.centres(z, x, ica_mask, key_padding)
-                x = block(x, keep, causal)
+        for n in names:
+            x, z = self._run_stack(self.encoders[n if n != "cooc" else "id"], inputs[n], keep,
+                                   centres.get(n), seq_bias, ica_bias)
             outs[n] = x
             if z is not None:
                 zs[n] = z
@@ -382,9 +435,12 @@ class SGP4SR(SequentialRecommender):
     def encode(self, item_seq, item_seq_len, tables=None):
         """User vectors ``{'s': u^s, <branch>: u^m}`` (each B x d) and the item tables."""
         tables = self.item_tables() if tables is None else tables
+        # positions beyond the longest sequence of the batch are padding: see _biases
+        T = int(item_seq_len.max()) if self.trim_padding else item_seq.shape[1]
+        seq_bias, ica_bias = self._biases(item_seq, T)
+        item_seq = item_seq[:, :T]
         keep = (item_seq != 0).unsqueeze(-1).to(tables["id"].dtype)  # M
-        L = item_seq.shape[1]
-        pos = self.position_embedding.weight[:L].unsqueeze(0)
+        pos = self.position_embedding.weight[:T].unsqueeze(0)
         inputs = {}
         for b, _ in self.branches:  # X^m_0 = M ⊙ Drop(s_m Ê^m[S] + P)
             inputs[b] = self.emb_dropout(self.scale_mm * tables[b][item_seq] + pos) * keep
@@ -397,8 +453,7 @@ class SGP4SR(SequentialRecommender):
                 src = tables["id"] if self.use_cgc else tables[b]
                 init = torch.sparse.mm(getattr(self, f"centre_map_{b}"), src)
                 centres0[b] = self.emb_dropout(self.scale_mm * init.unsqueeze(0).expand(B, -1, -1))
-        key_padding = (item_seq == 0) if self.ica_mask_mode == "padding" else None
-        outs, centres = self._run_encoders(inputs, keep, centres0, key_padding)
+        outs, centres = self._run_encoders(inputs, keep, centres0, seq_bias, ica_bias)
 
         last = item_seq_len - 1
         users = {}
