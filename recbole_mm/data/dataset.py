@@ -199,7 +199,6 @@ class MMSequentialDataset(SequentialDataset):
                 f"modality [{name}]: {feat.dim}-d from {path}, coverage {feat.coverage:.1%}"
             )
         self._apply_feature_noise()
-        self._expose_item_features()
 
     def _apply_feature_noise(self):
         """``feature_noise`` (e.g. ``image:0.5``): swap features between items (recbole_mm.data.noise)."""
