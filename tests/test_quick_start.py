@@ -15,10 +15,11 @@ def _cli(args, cwd):
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("model", ["SASRec", "SASRecF"])
+@pytest.mark.parametrize("model", ["SASRec", "SASRecF", "FDSA"])
 def test_cli_end_to_end_on_sample(model, tiny_root, tmp_path):
     res = _cli([f"--model={model}", "--dataset=mm_sample", f"--data_path={tiny_root}",
                 "--epochs=1", "--hidden_size=16", "--inner_size=16", "--n_layers=1",
+                "--show_progress=False",
                 f"--checkpoint_dir={tmp_path / 'saved'}"], cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     out = res.stdout + res.stderr
