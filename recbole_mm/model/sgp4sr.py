@@ -289,8 +289,8 @@ class SGP4SR(SequentialRecommender):
         self.adapters = nn.ModuleDict()
         for b, _ in self.branches:
             x, present = feats[b]
-            adj_m = self._cgc_graph(dataset, b, x, present, cooc_raw, config)
             if self.use_cgc:
+                adj_m = self._cgc_graph(dataset, b, x, present, cooc_raw, config)
                 self.register_buffer(f"adj_{b}", graphs.to_torch_sparse(adj_m), persistent=False)
             else:  # w/o CGC: a learned projection of the frozen features replaces Â^m E^id
                 self.adapters[b] = ModalityAdapter(x.shape[1], d, kind="linear")
