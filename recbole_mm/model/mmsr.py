@@ -58,6 +58,18 @@ class MMSR(SequentialRecommender):
         E = self.item_tower(item_seq, self.encode_chunk) if item_vecs is None else item_vecs
         return self.seq_encoder(E, item_seq)
 
+    def _window(self, interaction):
+        """``(item_seq, item_seq_len)`` cut to the last ``MAX_ITEM_LIST_LENGTH`` items (benchmark
+        files can hold longer histories than the model's positions)."""
+        item_seq = interaction[self.ITEM_SEQ]
+        item_seq_len = interaction[self.ITEM_SEQ_LEN]
+        L = self.max_seq_length
+        if item_seq.shape[1] <= L:
+            return item_seq, item_seq_len
+        start = (item_seq_len - L).clamp_min(0)[:, None]
+        idx = start + torch.arange(L, device=item_seq.device)[None]
+        return item_seq.gather(1, idx), item_seq_len.clamp_max(L)
+
     def dense_targets(self, item_seq, item_seq_len, pos_items):
         """Next item at every position: ``item_seq[t+1]`` for t < len-1, the target at len-1;
         returns ``(targets [B, L], valid [B, L] bool)``."""
@@ -82,8 +94,7 @@ class MMSR(SequentialRecommender):
         return neg * valid
 
     def calculate_loss(self, interaction):
-        item_seq = interaction[self.ITEM_SEQ]
-        item_seq_len = interaction[self.ITEM_SEQ_LEN]
+        item_seq, item_seq_len = self._window(interaction)
         targets, valid = self.dense_targets(item_seq, item_seq_len, interaction[self.POS_ITEM_ID])
         neg = self.sample_negatives(item_seq, targets, valid)
         L = item_seq.shape[1]
@@ -97,8 +108,7 @@ class MMSR(SequentialRecommender):
                 + F.binary_cross_entropy_with_logits(neg_logit, torch.zeros_like(neg_logit)))
 
     def user_vector(self, interaction):
-        item_seq = interaction[self.ITEM_SEQ]
-        item_seq_len = interaction[self.ITEM_SEQ_LEN]
+        item_seq, item_seq_len = self._window(interaction)
         H = self.forward(item_seq, item_seq_len)
         return self.gather_indexes(H, item_seq_len - 1)
 

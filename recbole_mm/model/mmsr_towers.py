@@ -81,19 +81,20 @@ def encoder_output_dim(model) -> int:
 
 def encoder_blocks(model):
     """``(units, top_extras)``: the encoder's blocks bottom -> top (each a list of modules) and the
-    modules that sit above the last block (final LayerNorm). Swin: every block of every stage,
-    a stage's patch-merging joined to the next stage's first block; ResNet: every bottleneck."""
+    modules that sit above the last block (final LayerNorm). Swin: every block of every stage, a
+    stage's patch merging joined to that stage's last block (so top-2 of Swin-B = the last stage's
+    two blocks + final norm); ResNet: every bottleneck."""
     mtype = model.config.model_type
     units = []
     if mtype == "resnet":
         for stage in model.encoder.stages:
             units += [[layer] for layer in stage.layers]
     elif mtype in ("swin", "swinv2", "donut-swin"):
-        carry = None
         for stage in model.encoder.layers:
-            for j, block in enumerate(stage.blocks):
-                units.append([block] + ([carry] if (j == 0 and carry is not None) else []))
-            carry = stage.downsample
+            blocks = list(stage.blocks)
+            for j, block in enumerate(blocks):
+                last = j == len(blocks) - 1 and stage.downsample is not None
+                units.append([block] + ([stage.downsample] if last else []))
     else:
         blocks = None
         for path in ("encoder.layer", "encoder.layers", "layers", "layer"):
