@@ -55,6 +55,15 @@ STRATEGIES = {
 CONTENT = ("text", "image")
 
 
+def as_list(value) -> list:
+    """A config list that may arrive as a string from the command line (``[id,text]``, ``id,text``)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [v.strip().strip("'\"") for v in value.strip("[]() ").split(",") if v.strip()]
+    return list(value)
+
+
 class ActivationLoRA(nn.Module):
     """The official code's adapter: ``x + B(A(x))`` on a block's output (A N(0, 0.02), B = 0)."""
 
@@ -149,7 +158,7 @@ class SICSRec(SequentialRecommender):
         if self.content_fusion not in ("l2_sum", "separate"):
             raise ValueError(f"content_fusion must be l2_sum or separate, got '{self.content_fusion}'.")
 
-        inputs = list(c["input_modalities"] or ["id", "text", "image"])
+        inputs = as_list(c["input_modalities"]) or ["id", "text", "image"]
         bad = [m for m in inputs if m not in ("id",) + CONTENT]
         if bad:
             raise ValueError(f"input_modalities may hold id, text, image; got {bad}.")
@@ -168,7 +177,7 @@ class SICSRec(SequentialRecommender):
             self.pretrain_branch, freeze = STRATEGIES[strategy]
         else:
             self.pretrain_branch = c["pretrain_branch"] or "none"
-            freeze = list(c["freeze"] or [])
+            freeze = as_list(c["freeze"])
         bad = [g for g in freeze if g not in FREEZE_GROUPS]
         if bad:
             raise ValueError(f"freeze may list {list(FREEZE_GROUPS)}; got {bad}.")
@@ -236,7 +245,7 @@ class SICSRec(SequentialRecommender):
         self.lora_mode = c["lora_mode"] or "none"
         if self.lora_mode not in ("weight", "activation", "none"):
             raise ValueError(f"lora_mode must be weight, activation or none, got '{self.lora_mode}'.")
-        self.lora_targets = list(c["lora_targets"] or ["attn", "ffn"])
+        self.lora_targets = as_list(c["lora_targets"]) or ["attn", "ffn"]
         self.has_lora = (self.lora_mode != "none" and self.use_id and self.use_imse
                          and "id_encoder" in self.freeze_groups)
         if self.has_lora:
