@@ -370,3 +370,17 @@ def test_cold_start_eval_keeps_only_cold_targets(model, make_data, tiny_root, tm
         small, **over, data_path=tiny_root, epochs=1, cold_start_eval=True, cold_threshold=8,
         checkpoint_dir=str(tmp_path / "saved"), state="WARNING"))
     assert result["test_result"]
+
+
+def test_histories_longer_than_the_model_window_keep_their_latest_items(make_data):
+    from recbole.data.interaction import Interaction
+
+    model, *_ = _model(make_data, MAX_ITEM_LIST_LENGTH=4)
+    seq = torch.tensor([[5, 6, 7, 8, 9, 10, 0], [3, 4, 0, 0, 0, 0, 0]])
+    inter = Interaction({"item_id_list": seq, "item_length": torch.tensor([6, 2]),
+                         "item_id": torch.tensor([11, 12])})
+    s, n = model._window(inter)
+    assert s.tolist() == [[7, 8, 9, 10], [3, 4, 0, 0]] and n.tolist() == [4, 2]
+    model.eval()
+    assert model.full_sort_predict(inter).shape == (2, model.n_items)
+    assert torch.isfinite(model.calculate_loss(inter))
