@@ -384,3 +384,20 @@ def test_histories_longer_than_the_model_window_keep_their_latest_items(make_dat
     model.eval()
     assert model.full_sort_predict(inter).shape == (2, model.n_items)
     assert torch.isfinite(model.calculate_loss(inter))
+
+
+def test_dense_train_on_newest_first_benchmark_files(make_data):
+    """Scientific's UniSRec train file lists each user's rows newest first: the kept row must
+    still be the latest one (its history + target = the validation history)."""
+    from conftest import shared_data
+
+    shared_data("amazon2018_scientific_mm")
+    config, train, valid, test = make_data("MMSR", dataset="scientific_mm", **POOLED)
+    tr, va = train._dataset, valid._dataset
+    assert len(tr.inter_feat) == len(va.inter_feat)
+    vh = {int(u): h[:n].tolist() for u, h, n in zip(va.inter_feat["user_id"].numpy(),
+                                                     va.inter_feat["item_id_list"].numpy(),
+                                                     va.inter_feat["item_length"].numpy())}
+    for u, h, n, t in zip(tr.inter_feat["user_id"].numpy(), tr.inter_feat["item_id_list"].numpy(),
+                          tr.inter_feat["item_length"].numpy(), tr.inter_feat["item_id"].numpy()):
+        assert h[:n].tolist() + [int(t)] == vh[int(u)][-(n + 1):]
