@@ -1,0 +1,185 @@
+"""recbole_mm.benchmark: grid, resumable cells, aggregation, reports, plots, CLI (tiny data)."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from recbole_mm import benchmark as bm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = {"epochs": 1, "hidden_size": 16, "inner_size": 16, "embedding_size": 16, "n_layers": 1,
+        "n_heads": 2, "train_batch_size": 256, "eval_batch_size": 256}
+
+
+def _tiny(tiny_root, **kw):
+    return {**TINY, "data_path": tiny_root, **kw}
+
+
+def test_parse_models_labels_groups_and_configs():
+    got = bm.parse_models("SASRec, noCGC=SGP4SR{use_cgc: false, k: 3}, baselines")
+    assert got[0] == ("SASRec", "SASRec", {})
+    assert got[1] == ("noCGC", "SGP4SR", {"use_cgc": False, "k": 3})
+    assert [g[0] for g in got[2:]] == ["BERT4Rec", "GRU4Rec", "FDSA", "SASRecF"]  # SASRec once
+    assert bm.parse_models([{"model": "GRU4Rec", "label": "gru", "config": {"epochs": 2}}]) == [
+        ("gru", "GRU4Rec", {"epochs": 2})]
+    with pytest.raises(SystemExit, match="bad model entry"):
+        bm.parse_models("SAS Rec!")
+
+
+def test_grid_cells_ids_and_config_layers():
+    models = bm.parse_models("SASRec,big=SASRec{hidden_size: 64}")
+    cells = bm.build_grid(models, ["mm_sample", "scientific_mm"], [1, 2], {"hidden_size": 16,
+                          "epochs": 3}, {"epochs": 1}, noise=("image", [0.0, 0.5]),
+                          baseline_config={"train_batch_size": 512})
+    assert len(cells) == 2 * 2 * 2 * 2
+    assert len({c.cell_id for c in cells}) == len(cells)
+    big = [c for c in cells if c.label == "big"][0]
+    assert big.config["hidden_size"] == 64 and big.config["epochs"] == 1  # entry > profile; cli > all
+    assert big.config["train_batch_size"] == 512  # SASRec has no properties/model yaml
+    noisy = [c for c in cells if c.noise]
+    assert noisy and all(c.config["feature_noise"] == "image:0.5" for c in noisy)
+    assert all("feature_noise" not in c.config for c in cells if not c.noise)
+    # the id is a function of the configuration: same config same id, any change a new id
+    again = bm.build_grid(models, ["mm_sample"], [1], {"hidden_size": 16, "epochs": 3},
+                          {"epochs": 1}, baseline_config={"train_batch_size": 512})
+    assert again[0].cell_id == cells[0].cell_id
+    other = bm.build_grid(models, ["mm_sample"], [1], {"hidden_size": 16, "epochs": 4}, {},
+                          baseline_config={"train_batch_size": 512})
+    assert other[0].cell_id != cells[0].cell_id
+    assert bm.parse_noise("image:0.5,0.1") == ("image", [0.0, 0.1, 0.5])
+    with pytest.raises(SystemExit):
+        bm.parse_noise("image:2")
+
+
+def test_best_epoch_is_the_first_best_and_summary_stats():
+    curve = [{"epoch": 0, "valid_score": 0.1}, {"epoch": 1, "valid_score": 0.3},
+             {"epoch": 2}, {"epoch": 3, "valid_score": 0.3}, {"epoch": 4, "valid_score": 0.2}]
+    assert bm.best_epoch_from_curve(curve) == 1
+    assert bm.best_epoch_from_curve(curve, bigger=False) == 0
+    recs = [{"dataset": "d", "label": "A", "model": "SASRec", "seed": s, "status": "ok",
+             "test_result": {"recall@10": v, "ndcg@10": v / 2}, "best_epoch": s,
+             "peak_mem_mb": 10.0 * s, "params": 5, "device": "cpu"}
+            for s, v in ((1, 0.1), (2, 0.2), (3, 0.6))]
+    recs.append({"dataset": "d", "label": "B", "model": "X", "seed": 1, "status": "skipped",
+                 "reason": "model not available"})
+    rows = {r["label"]: r for r in bm.summarize(recs)}
+    a = rows["A"]
+    assert a["n_ok"] == 3 and a["recall@10"] == pytest.approx(0.3)
+    sd = math.sqrt(((0.1 - 0.3) ** 2 + (0.2 - 0.3) ** 2 + (0.6 - 0.3) ** 2) / 2)
+    assert a["recall@10_std"] == pytest.approx(sd)
+    assert a["best_epoch"] == pytest.approx(2) and a["peak_mem_mb"] == 30.0
+    assert rows["B"]["n_ok"] == 0 and rows["B"]["reason"] == "model not available"
+    assert bm.metric_names(recs) == ["recall@10", "ndcg@10"]
+
+
+def test_report_puts_the_papers_number_beside_ours(tmp_path):
+    recs = [{"cell_id": f"c{s}", "dataset": "scientific_mm", "label": "SASRec", "model": "SASRec",
+             "seed": s, "status": "ok", "test_result": {"recall@10": v, "ndcg@10": 0.0362},
+             "best_epoch": 3, "epochs_run": 5, "curve": [
+                 {"epoch": e, "train_loss": 10.0 - e, "valid_score": 0.01 * e} for e in range(5)]}
+            for s, v in ((1, 0.1523 * 0.6), (2, 0.1523 * 0.6))]
+    rows = bm.summarize(recs)
+    comp = bm.compare_with_papers(rows, ["recall@10", "ndcg@10"])
+    by_metric = {c["metric"]: c for c in comp}
+    assert by_metric["recall@10"]["paper_value"] == 0.1523  # DeCoRec Table 2, H@10
+    assert by_metric["recall@10"]["ratio"] == pytest.approx(0.6)
+    assert by_metric["ndcg@10"]["ratio"] == pytest.approx(0.5)  # 0.0362 / 0.0724
+    md = bm.markdown_report(recs, rows, {"name": "t", "command": "cmd", "profile": "quick"})
+    assert "| scientific_mm | SASRec | recall@10 | 0.0914 ± 0.0000 | 0.1523 | 0.600 | DeCoRec Table 2" in md
+    pngs = bm.make_plots(recs, rows, str(tmp_path))
+    assert sorted(os.path.basename(p) for p in pngs) == ["bars_scientific_mm.png",
+                                                         "curves_scientific_mm.png"]
+
+
+def test_grid_runs_resumes_and_reports(tiny_root, tmp_path, monkeypatch):
+    """A model x two seeds in process: records, CSV, markdown; a second call reruns nothing."""
+    models = bm.parse_models("SASRec,NoSuchModel")
+    cells = bm.build_grid(models, ["mm_sample"], [7, 8], {}, _tiny(tiny_root))
+    out, scratch = str(tmp_path / "res"), str(tmp_path / "scratch")
+    recs = bm.run_grid(cells, out, scratch, isolate=False, command="test", log=lambda s: None)
+    status = {(r["label"], r["seed"]): r["status"] for r in recs}
+    assert status[("SASRec", 7)] == status[("SASRec", 8)] == "ok"
+    skipped = [r for r in recs if r["label"] == "NoSuchModel"]
+    assert all(r["status"] == "skipped" and "model not available" in r["reason"] for r in skipped)
+    sas = [r for r in recs if r["label"] == "SASRec" and r["seed"] == 7][0]
+    assert set(sas["test_result"]) == {"recall@10", "recall@50", "ndcg@10", "ndcg@50"}
+    assert sas["epochs_run"] == 1 and sas["best_epoch"] == 0 and len(sas["curve"]) == 1
+    assert sas["curve"][0]["valid_score"] == pytest.approx(sas["best_valid_score"])
+    assert sas["epoch_time_s"] > 0 and sas["eval_time_s"] > 0 and sas["test_eval_s"] > 0
+    assert sas["params"] > 0 and sas["device"] == "cpu" and sas["dataset_stats"]["users"] == 200
+    # the cell's test numbers are the ones a plain run_recbole_mm gives for the same config
+    from recbole_mm.quick_start import run_recbole_mm
+
+    direct = run_recbole_mm("SASRec", "mm_sample", config_dict={
+        **_tiny(tiny_root), "seed": 7, "state": "WARNING", "reproducibility": True,
+        "checkpoint_dir": str(tmp_path / "direct")})
+    assert sas["test_result"] == pytest.approx(dict(direct["test_result"]), abs=1e-6)
+    files = sorted(os.listdir(os.path.join(out, "cells")))
+    assert len(files) == 4 and all(f.endswith(".json") for f in files)
+    assert not [f for f in os.listdir(scratch) if f.endswith(".pth")]
+
+    def boom(*a, **k):
+        raise AssertionError("a finished cell was run again")
+
+    calls = []
+    monkeypatch.setattr(bm, "execute_cell", lambda cell, scratch: calls.append(cell) or {
+        "cell_id": cell.cell_id, **cell.spec(), "status": "skipped", "reason": "still missing"})
+    again = bm.run_grid(cells, out, scratch, isolate=False, log=lambda s: None)
+    assert [c.label for c in calls] == ["NoSuchModel", "NoSuchModel"]  # only unfinished cells
+    assert [r["cell_id"] for r in again] == [c.cell_id for c in cells]
+    monkeypatch.setattr(bm, "execute_cell", boom)
+    with pytest.raises(AssertionError, match="run again"):
+        bm.run_grid(cells[:1], out, scratch, isolate=False, force=True, log=lambda s: None)
+
+    rep = bm.write_report(out, {"name": "t", "cells": [c.cell_id for c in cells]}, plots=False)
+    rows = {r["label"]: r for r in rep["rows"]}
+    assert rows["SASRec"]["n_ok"] == 2 and rows["SASRec"]["recall@10_std"] is not None
+    with open(os.path.join(out, "results.csv")) as f:
+        lines = f.read().splitlines()
+    assert len(lines) == 1 + 4 and "recall@10" in lines[0]
+    assert "## mm_sample" in rep["markdown"] and "NoSuchModel" in rep["markdown"]
+
+
+def test_feature_model_on_id_only_data_is_skipped_with_reason(tiny_root, tmp_path):
+    cell = bm.Cell("SASRecF", "SASRecF", "mm_sample", 1,
+                   _tiny(tiny_root, selected_features=["no_such_modality"]))
+    rec = bm.execute_cell(cell, str(tmp_path))
+    assert rec["status"] == "skipped" and rec["reason"].startswith("cannot run on this dataset")
+
+
+def test_noise_cells_apply_feature_noise(tiny_root, tmp_path):
+    models = bm.parse_models("SASRecF")
+    cells = bm.build_grid(models, ["mm_sample"], [3], {}, _tiny(tiny_root),
+                          noise=("image", [0.0, 0.5]))
+    out = str(tmp_path / "res")
+    recs = bm.run_grid(cells, out, str(tmp_path / "s"), isolate=False, log=lambda s: None)
+    assert [r["status"] for r in recs] == ["ok", "ok"]
+    assert recs[1]["config"]["feature_noise"] == "image:0.5" and recs[1]["noise"] == ["image", 0.5]
+    rep = bm.write_report(out, {"name": "n", "cells": [c.cell_id for c in cells]})
+    assert "modality-mismatch noise (image)" in rep["markdown"]
+    assert os.path.exists(os.path.join(out, "noise_mm_sample.png"))
+
+
+def test_cli_quick_isolated_cells(tiny_root, tmp_path):
+    """The CLI with --quick runs each cell in its own process and writes every output."""
+    out = tmp_path / "res"
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    res = subprocess.run([sys.executable, "-m", "recbole_mm.benchmark", "--quick", "--models=SASRec",
+                          f"--out={out}", f"--scratch={tmp_path / 'scratch'}", "--seeds=1",
+                          f"--data_path={tiny_root}", "--epochs=1", "--hidden_size=16"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "## mm_sample" in res.stdout
+    for name in ("summary.md", "summary.csv", "results.csv", "meta.json", "bars_mm_sample.png",
+                 "curves_mm_sample.png"):
+        assert (out / name).exists(), name
+    (cell_file,) = list((out / "cells").glob("*.json"))
+    rec = json.loads(cell_file.read_text())
+    assert rec["status"] == "ok" and rec["isolated"] and rec["peak_mem_source"] == "process_max_rss"
+    assert rec["config"]["hidden_size"] == 16 and rec["config"]["n_layers"] == 1  # cli > quick profile
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["profile"] == "quick" and meta["command"].startswith("python -m recbole_mm.benchmark")
+    assert meta["commit"] and meta["device"].startswith("cpu")
