@@ -105,7 +105,7 @@ def test_sasrec_checkpoint_loads_and_lora_starts_as_identity(make_data, mode):
     assert res.unexpected_keys == []
     groups = {sics.group_of(k) for k in res.missing_keys}
     assert groups <= {"lora", "content_tables", "content_adapters", "content_encoder", "fusion"}, groups
-    assert "lora" in groups and "train_step" not in res.missing_keys or True
+    assert "lora" in groups  # adapters are new in step 2; train_step is a buffer of SICSRec only
     for k, v in sas.state_dict().items():
         assert torch.equal(sics.state_dict()[k], v), k  # bit-identical after loading
     sas.eval(), sics.eval()
