@@ -1,7 +1,7 @@
 """Scale benchmark of the shared graph and clustering utilities (not a test).
 
     python -m recbole_mm.bench_scale [--items 100000] [--dim 512] [--interactions 2000000]
-                                     [--knn_k 10] [--clusters 1000] [--json out.json]
+                                     [--knn_k 10] [--clusters 256] [--json out.json]
 
 Generates data of the given size (clustered features, user sequences), then times, each in its
 own forked process so its memory is measured alone: the co-occurrence graph (inverse-distance
@@ -55,7 +55,7 @@ def _stage(name, fn, queue):
                "added_mb": round(peak - base, 1), **info})
 
 
-def run(items=100_000, dim=512, interactions=2_000_000, knn_k=10, clusters=1000, seed=0):
+def run(items=100_000, dim=512, interactions=2_000_000, knn_k=10, clusters=256, seed=0):
     from recbole_mm.data import graphs
     from recbole_mm.data.cluster import kmeans
 
@@ -103,7 +103,7 @@ def main(argv=None):
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--interactions", type=int, default=2_000_000)
     ap.add_argument("--knn_k", type=int, default=10)
-    ap.add_argument("--clusters", type=int, default=1000)
+    ap.add_argument("--clusters", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
