@@ -16,15 +16,37 @@ SMALL = dict(hidden_size=16, adapter_hidden=16, inner_size=32, n_heads=2, n_laye
              train_batch_size=256, eval_batch_size=256)
 
 
+@pytest.fixture(scope="module")
+def sample_loaders(tiny_root, tmp_path_factory):
+    """The tiny sample's loaders, built once for the module (the model options don't touch data)."""
+    from recbole.data import data_preparation
+    from recbole.utils import init_seed
+
+    from recbole_mm.config import MMConfig
+    from recbole_mm.quick_start import create_dataset
+
+    from conftest import FAST
+
+    saved = str(tmp_path_factory.mktemp("decorec_saved"))
+    base = {**FAST, **SMALL, "data_path": tiny_root, "checkpoint_dir": saved}
+    config = MMConfig(model="DeCoRec", dataset="mm_sample", config_dict=base)
+    init_seed(config["seed"], True)
+    train, valid, test = data_preparation(config, create_dataset(config))
+    return base, train, valid, test
+
+
 @pytest.fixture
-def build(make_data):
+def build(sample_loaders):
     """``build(**overrides)`` -> (config, model, train, valid, test) on the tiny sample."""
     from recbole.utils import init_seed
 
+    from recbole_mm.config import MMConfig
     from recbole_mm.model.decorec import DeCoRec
 
+    base, train, valid, test = sample_loaders
+
     def _build(**overrides):
-        config, train, valid, test = make_data("DeCoRec", **{**SMALL, **overrides})
+        config = MMConfig(model="DeCoRec", dataset="mm_sample", config_dict={**base, **overrides})
         init_seed(config["seed"], True)
         model = DeCoRec(config, train._dataset)
         return config, model, train, valid, test
