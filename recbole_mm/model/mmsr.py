@@ -107,9 +107,10 @@ class MMSR(SequentialRecommender):
         return (F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit))
                 + F.binary_cross_entropy_with_logits(neg_logit, torch.zeros_like(neg_logit)))
 
-    def user_vector(self, interaction):
+    def user_vector(self, interaction, table=None):
+        """State at the last position; with ``table`` (the item table) the inputs are read from it."""
         item_seq, item_seq_len = self._window(interaction)
-        H = self.forward(item_seq, item_seq_len)
+        H = self.forward(item_seq, item_seq_len, None if table is None else table[item_seq])
         return self.gather_indexes(H, item_seq_len - 1)
 
     def item_table(self) -> torch.Tensor:
@@ -130,7 +131,8 @@ class MMSR(SequentialRecommender):
         return (user * items).sum(-1)
 
     def full_sort_predict(self, interaction):
-        scores = self.user_vector(interaction) @ self.item_table().t()
+        table = self.item_table()
+        scores = self.user_vector(interaction, table) @ table.t()
         if self.mask_history:  # the paper ranks only items outside the input sequence
             item_seq = interaction[self.ITEM_SEQ]
             scores = scores.scatter(1, item_seq, float("-inf"))
