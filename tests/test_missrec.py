@@ -447,7 +447,7 @@ def test_pretrain_then_finetune_on_new_item_set_via_cli(tmp_path):
     target = _write_domain(tmp_path, "tgt_b", 5, 60)
     (tmp_path / "pretrain.yaml").write_text(yaml.safe_dump({"pretrain_datasets": domains}))
     (tmp_path / "target.yaml").write_text(yaml.safe_dump(target))
-    common = [f"--data_path={tmp_path}", "--hidden_size=16", "--inner_size=16", "--n_heads=2",
+    common = [f"--data_path={tmp_path}", "--topk=[10]", "--hidden_size=16", "--inner_size=16", "--n_heads=2",
               f"--checkpoint_dir={tmp_path / 'saved'}", "--train_batch_size=64"]
     res = _cli(["--model=MISSRec", "--dataset=src_a", "--train_stage=pretrain", "--epochs=2",
                 f"--config_files={tmp_path / 'pretrain.yaml'}", *common], cwd=tmp_path)
@@ -477,3 +477,23 @@ def test_pretrain_then_finetune_on_new_item_set_via_cli(tmp_path):
     d = 16
     peft = 16 * d + d + 12 * d + d + 2 * d + 1 + n_items * d
     assert f"{peft:,} of" in out
+
+
+def test_scientific_mm_sizes_and_parameter_count(make_config):
+    """Real data (skips without ../shared/data): DeCoRec's Scientific with CLIP features."""
+    from conftest import shared_data
+    from recbole.data import data_preparation
+
+    from recbole_mm.quick_start import create_dataset
+
+    shared_data("amazon2018_scientific_mm")
+    config = make_config("MISSRec", "scientific_mm", train_stage="inductive_ft", **_paper_size())
+    train, valid, test = data_preparation(config, create_dataset(config))
+    ds = train._dataset
+    assert (ds.item_num, ds.user_num, len(ds.inter_feat)) == (1586, 2929, 10928)
+    assert len(valid._dataset.inter_feat) == len(test._dataset.inter_feat) == 2928
+    model = MISSRec(config, ds)
+    assert _n_params(model) == SCRATCH_INDUCTIVE
+    assert model.n_interests == 1585  # ceil(0.5 * 2 * 1585)
+    assert model.feat_text.shape == model.feat_image.shape == (1586, 512)
+    assert torch.all(model.feat_text[0] == 0) and bool(model.present_image[1:].all())
