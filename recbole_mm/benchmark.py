@@ -57,11 +57,12 @@ PAPER_MODELS = ["SGP4SR", "DeCoRec", "MISSRec", "SICSRec", "MMSR"]
 # Profiles: overrides applied to every model of the grid (below --config_files and --key=value).
 PROFILES = {
     "quick": {
-        "description": "smoke profile for CPU: tiny models (hidden 32, 1 layer), 2 epochs, "
-                       "no tuning; numbers are NOT comparable with the papers",
+        "description": "smoke profile for CPU: tiny models (hidden 32, 1 layer, 2 heads), "
+                       "2 epochs, batch 256, histories up to 20 items, no tuning; numbers are "
+                       "NOT comparable with the papers",
         "config": {"epochs": 2, "hidden_size": 32, "inner_size": 64, "embedding_size": 32,
                    "n_layers": 1, "n_heads": 2, "train_batch_size": 256,
-                   "eval_batch_size": 1024, "stopping_step": 2},
+                   "eval_batch_size": 1024, "stopping_step": 2, "MAX_ITEM_LIST_LENGTH": 20},
         "datasets": ["mm_sample"],
     },
     "short": {
@@ -71,6 +72,10 @@ PROFILES = {
         "config": {"epochs": 10, "hidden_size": 64, "inner_size": 128, "embedding_size": 64,
                    "n_layers": 2, "n_heads": 2, "train_batch_size": 512,
                    "eval_batch_size": 2048, "stopping_step": 3},
+        # RecBole's float-sequence feature embedding (FDSA, SASRecF) materialises a
+        # [batch, length, feature dim, hidden] tensor: 3.4 GB per 512-d modality at batch 512
+        "model_config": {m: {"train_batch_size": 64, "eval_batch_size": 128}
+                         for m in ("FDSA", "SASRecF")},
         "datasets": ["scientific_mm"],
     },
     "full": {
@@ -291,12 +296,13 @@ def has_model_properties(model: str) -> bool:
 
 
 def build_grid(models, datasets, seeds, profile_config, overrides, noise=None,
-               baseline_config=None) -> list[Cell]:
+               baseline_config=None, model_config=None) -> list[Cell]:
     """Cells in a stable order: dataset, model, noise level, seed.
 
     Configuration per cell, lowest first: ``profile_config``, ``baseline_config`` (only for models
-    without their own properties/model/<M>.yaml, i.e. RecBole's built-ins), the model entry's
-    own config, ``overrides`` (``--key=value``), then ``feature_noise`` for noisy cells.
+    without their own properties/model/<M>.yaml, i.e. RecBole's built-ins), the profile's
+    ``model_config[model]``, the model entry's own config, ``overrides`` (``--key=value``), then
+    ``feature_noise`` for noisy cells.
     """
     cells = []
     for dataset in datasets:
@@ -309,6 +315,7 @@ def build_grid(models, datasets, seeds, profile_config, overrides, noise=None,
                     cfg = dict(profile_config)
                     if baseline_config and not has_model_properties(model):
                         cfg.update(baseline_config)
+                    cfg.update((model_config or {}).get(model, {}))
                     cfg.update(model_cfg)
                     cfg.update(overrides)
                     if lvl is not None:
@@ -442,6 +449,8 @@ def execute_cell(cell: Cell, scratch: str) -> dict:
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    argv = sys.argv
+    sys.argv = argv[:1]  # RecBole's Config reads --key=value from sys.argv: not the harness's
     try:
         result = run_recbole_mm(cell.model, cell.dataset, config_dict=cfg, saved=True,
                                 trainer_hook=probe.attach)
@@ -457,6 +466,7 @@ def execute_cell(cell: Cell, scratch: str) -> dict:
         rec["wall_s"] = round(time.perf_counter() - t_start, 3)
         return rec
     finally:
+        sys.argv = argv
         _cleanup_checkpoints(cfg["checkpoint_dir"])
 
     curve = probe.epochs
@@ -741,7 +751,9 @@ def markdown_report(records, rows, meta) -> str:
               f"- profile: **{meta.get('profile', '')}**: {meta.get('profile_description', '')}",
               f"- profile overrides: `{json.dumps(meta.get('profile_config', {}), sort_keys=True)}`"
               + (f"; RecBole baselines also `{json.dumps(meta['baseline_config'], sort_keys=True)}`"
-                 if meta.get("baseline_config") else ""),
+                 if meta.get("baseline_config") else "")
+              + (f"; per model `{json.dumps(meta['model_config'], sort_keys=True)}`"
+                 if meta.get("model_config") else ""),
               f"- extra overrides: `{json.dumps(meta.get('overrides', {}), sort_keys=True)}`",
               f"- commit: {meta.get('commit', '')}; date (UTC): {meta.get('date', '')}",
               f"- device: {meta.get('device', '')}",
@@ -1015,7 +1027,8 @@ def main(argv=None):
     scratch = os.path.abspath(args.scratch or os.path.join(PROJECT_DIR, "benchmarks", "runs",
                                                            _safe(name)))
     cells = build_grid(models, datasets, seeds, profile_config, overrides, noise,
-                       baseline_config=prof.get("baseline_config"))
+                       baseline_config=prof.get("baseline_config"),
+                       model_config=prof.get("model_config"))
     command = "python -m recbole_mm.benchmark " + " ".join(shlex.quote(a) for a in argv)
     if args.dry_run:
         for c in cells:
@@ -1025,6 +1038,7 @@ def main(argv=None):
     meta = {"name": name, "command": command, "profile": profile,
             "profile_description": prof["description"], "profile_config": profile_config,
             "baseline_config": prof.get("baseline_config") or {},
+            "model_config": prof.get("model_config") or {},
             "overrides": overrides, "models": [list(m) for m in models], "datasets": datasets,
             "seeds": seeds, "noise": list(noise) if noise else None,
             "commit": git_commit(), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(
