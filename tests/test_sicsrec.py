@@ -33,7 +33,7 @@ def _seq(batch):
 def test_shapes_norms_and_loss(make_data):
     config, model, train, valid, batch = _build(make_data)
     model.eval()
-    out = model.encode(*_seq(batch))
+    out = model.encode(*_seq(batch), full=True)
     B, d = batch["item_id_list"].shape[0], config["hidden_size"]
     for k in ("h_e", "h_content", "h_m", "h"):
         assert out[k].shape == (B, d), k
@@ -175,10 +175,10 @@ def test_causality_and_padding(make_data):
     assert L >= 3
     t = L - 2
     model.trim_padding = False
-    a = model.encode(seq[row:row + 1], length[row:row + 1])
+    a = model.encode(seq[row:row + 1], length[row:row + 1], full=True)
     seq2 = seq[row:row + 1].clone()
     seq2[0, t + 1] = (seq2[0, t + 1] % (model.n_items - 1)) + 1
-    b = model.encode(seq2, length[row:row + 1])
+    b = model.encode(seq2, length[row:row + 1], full=True)
     for k in ("H_e", "H_content", "H_m"):
         assert torch.allclose(a[k][0, : t + 1], b[k][0, : t + 1], atol=1e-5), k
         assert not torch.allclose(a[k][0, t + 1], b[k][0, t + 1], atol=1e-5), k
@@ -362,3 +362,25 @@ def test_step1_checkpoint_from_plugin_sasrec(tiny_root, tmp_path):
                          config_dict=dict(common, step1_checkpoint=sas["saved_model_file"]))
     assert not list((tmp_path / "saved").glob("SICSRec-*-step1.pth"))
     assert res["test_result"]
+
+
+@pytest.mark.parametrize("over", [{}, {"content_fusion": "separate"}, {"use_mmsd": False},
+                                  {"use_cmse": False}, {"use_imse": False},
+                                  {"lora_mode": "activation", "lora_targets": ["attn", "ffn"]},
+                                  {"decoder_layers": 2}])
+def test_last_position_path_equals_full_computation(make_data, over):
+    """Only the last position is computed where nothing else reads the others: same vectors."""
+    _, model, *_, batch = _build(make_data, **over)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.3)
+    model.eval()
+    seq, length = _seq(batch)
+    for step in ((1, 2) if model.pretrain_branch != "none" else (2,)):
+        model.set_step(step)
+        fast, full = model.encode(seq, length), model.encode(seq, length, full=True)
+        for k in fast:
+            if k.startswith("h"):
+                assert torch.allclose(fast[k], full[k], atol=1e-5), (step, k)
+        assert "H_e" not in fast and "H_m" not in fast

@@ -349,20 +349,51 @@ class SICSRec(SequentialRecommender):
         ids = torch.arange(item_seq.size(1), dtype=torch.long, device=item_seq.device)
         return self.position_embedding(ids).unsqueeze(0)
 
-    def encode_id(self, item_seq, mask, pos):
-        """IMSE: ``H_e`` [B, L, d] (``X_e`` itself with ``use_imse: false``)."""
-        h = self.dropout(self.LayerNorm(self.item_embedding(item_seq) + pos))
-        if not self.use_imse:
-            return h
-        lora_on = self.current_step == 2 and self.has_lora and self.lora_mode == "activation"
-        for k, layer in enumerate(self.trm_encoder.layer):
-            h = layer.multi_head_attention(h, mask)
-            if lora_on and hasattr(self, "lora_attn"):
-                h = self.lora_attn[k](h)
-            h = layer.feed_forward(h)
-            if lora_on and hasattr(self, "lora_ffn"):
+    @staticmethod
+    def _mask_rows(mask, last):
+        """The rows of the [B, 1, L, L] mask at each sequence's last position: [B, 1, 1, L]."""
+        return mask.gather(2, last.view(-1, 1, 1, 1).expand(-1, 1, 1, mask.shape[-1]))
+
+    @staticmethod
+    def _attention_last(mha, h, h_last, mask_row):
+        """RecBole ``MultiHeadAttention`` for one query per row (the last position); keys and
+        values from every position of ``h``. Same operations, in the same order."""
+        B, L, _ = h.shape
+        nh, dh = mha.num_attention_heads, mha.attention_head_size
+        q = mha.query(h_last).view(B, 1, nh, dh).transpose(1, 2)
+        k = mha.key(h).view(B, L, nh, dh).transpose(1, 2)
+        v = mha.value(h).view(B, L, nh, dh).transpose(1, 2)
+        scores = q @ k.transpose(-1, -2) / mha.sqrt_attention_head_size + mask_row
+        probs = mha.attn_dropout(mha.softmax(scores))
+        ctx = (probs @ v).transpose(1, 2).reshape(B, 1, nh * dh)
+        return mha.LayerNorm(mha.out_dropout(mha.dense(ctx)) + h_last)
+
+    def _transformer(self, layers, h, mask, last, last_only: bool, lora: bool = False):
+        """Run RecBole ``TransformerLayer``s; with ``last_only`` the final layer is computed for
+        the last position only (``[B, 1, d]``): every loss and score reads only that position, and
+        causal attention makes it exact. ``lora``: the activation adapters of step 2."""
+        n = len(layers)
+        for k, layer in enumerate(layers):
+            if last_only and k == n - 1:
+                h_last = self.gather_indexes(h, last).unsqueeze(1)
+                a = self._attention_last(layer.multi_head_attention, h, h_last, self._mask_rows(mask, last))
+            else:
+                a = layer.multi_head_attention(h, mask)
+            if lora and hasattr(self, "lora_attn"):
+                a = self.lora_attn[k](a)
+            h = layer.feed_forward(a)
+            if lora and hasattr(self, "lora_ffn"):
                 h = self.lora_ffn[k](h)
         return h
+
+    def encode_id(self, item_seq, mask, pos, last=None, last_only: bool = False):
+        """IMSE: ``H_e`` [B, L, d] (``X_e`` itself with ``use_imse: false``); [B, 1, d] at the last
+        position with ``last_only``."""
+        h = self.dropout(self.LayerNorm(self.item_embedding(item_seq) + pos))
+        if not self.use_imse:
+            return self.gather_indexes(h, last).unsqueeze(1) if last_only else h
+        lora_on = self.current_step == 2 and self.has_lora and self.lora_mode == "activation"
+        return self._transformer(self.trm_encoder.layer, h, mask, last, last_only, lora_on)
 
     def content_vectors(self, ids: torch.Tensor) -> dict:
         """Adapted content vectors of items ``ids`` (computed once per distinct item):
@@ -376,20 +407,24 @@ class SICSRec(SequentialRecommender):
             out.update(parts)
         return {k: v[inv].view(*ids.shape, -1) for k, v in out.items()}
 
-    def encode_content(self, item_seq, mask, pos) -> dict:
-        """CMSE per content stream: ``{stream: H}`` [B, L, d]."""
+    def encode_content(self, item_seq, mask, pos, last=None, last_only: bool = False) -> dict:
+        """CMSE per content stream: ``{stream: H}`` [B, L, d] ([B, 1, d] with ``last_only``)."""
         vecs = self.content_vectors(item_seq)
         out = {}
         for s in self.content_streams:
             x = self.content_dropout(getattr(self, f"{s}_LayerNorm")(vecs[s] + pos))
             if self.use_cmse:
-                x = getattr(self, f"{s}_encoder")(x, mask, output_all_encoded_layers=False)[-1]
+                x = self._transformer(getattr(self, f"{s}_encoder").layer, x, mask, last, last_only)
+            elif last_only:
+                x = self.gather_indexes(x, last).unsqueeze(1)
             out[s] = x
         return out
 
-    def encode(self, item_seq, item_seq_len) -> dict:
-        """All sequence representations of the current step: ``H_e, H_c (per stream), H_m`` and
-        the gathered ``h_*``, plus the user vector ``h`` (ĥ in step 2, ``h_e`` in ID step 1)."""
+    def encode(self, item_seq, item_seq_len, full: bool = False) -> dict:
+        """Sequence representations of the current step: the gathered ``h_e, h_<stream>, h_m``
+        and the user vector ``h`` (ĥ in step 2, ``h_e`` in ID step 1); with ``full`` also the
+        whole sequences ``H_e, H_<stream>, H_m`` (otherwise only the last position is computed
+        where nothing else needs the others - same ``h``)."""
         if self.trim_padding:  # right padding + causal mask: trailing pads never change outputs
             item_seq = item_seq[:, : max(int(item_seq_len.max()), 1)]
         mask = self.get_attention_mask(item_seq)
@@ -397,30 +432,38 @@ class SICSRec(SequentialRecommender):
         last = item_seq_len - 1
         out = {}
         step1 = self.current_step == 1
+
+        def keep(name, H, last_only):
+            if last_only:
+                out[f"h_{name}"] = H[:, 0]
+            else:
+                out[f"H_{name}"] = H
+                out[f"h_{name}"] = self.gather_indexes(H, last)
+
         if self.use_id and not (step1 and self.pretrain_branch == "content"):
-            out["H_e"] = self.encode_id(item_seq, mask, pos)
-            out["h_e"] = self.gather_indexes(out["H_e"], last)
+            keep("e", self.encode_id(item_seq, mask, pos, last, not full), not full)
             if step1:
                 out["h"] = out["h_e"]
                 return out
         parts = [out["h_e"]] if "h_e" in out else []
         if self.content_modalities:
-            H = self.encode_content(item_seq, mask, pos)
+            mmsd = self.has_mmsd and not step1
+            c_last = not full and not mmsd  # the decoder reads every content position
+            H = self.encode_content(item_seq, mask, pos, last, c_last)
             for s, Hs in H.items():
-                out[f"H_{s}"] = Hs
-                out[f"h_{s}"] = self.gather_indexes(Hs, last)
+                keep(s, Hs, c_last)
                 parts.append(out[f"h_{s}"])
             if step1:  # content pre-training: the content branch alone
                 out["h"] = F.normalize(sum(out[f"h_{s}"] for s in H), dim=-1)
                 return out
-            if self.has_mmsd:
-                q = self.mmsd_dropout(self.q_LayerNorm(out["H_e"]))
+            if mmsd:
+                q_in = out["H_e"] if full else out["h_e"].unsqueeze(1)
+                dec_mask = mask if full else self._mask_rows(mask, last)
+                h = self.mmsd_dropout(self.q_LayerNorm(q_in))
                 kv = self.mmsd_dropout(self.kv_LayerNorm(sum(H.values())))
-                h = q
                 for layer in self.decoder:
-                    h = layer(h, kv, mask)
-                out["H_m"] = h
-                out["h_m"] = self.gather_indexes(h, last)
+                    h = layer(h, kv, dec_mask)
+                keep("m", h, not full)
                 parts.append(out["h_m"])
         h_a = self.aggregation(torch.cat(parts, dim=-1)) if len(parts) > 1 else parts[0]
         out["h_a"] = h_a
