@@ -169,6 +169,18 @@ def _ddp_on_cpu() -> None:
     rb_trainer.DistributedDataParallel = make
 
 
+def _no_anomaly_detection() -> None:
+    """RecBole 1.2.1's ``sine.py`` calls ``torch.autograd.set_detect_anomaly(True)`` when imported
+    (importing any RecBole sequential model imports it), which checks every backward op for
+    NaNs and slows training of every model several times. Import it once here, then switch the
+    anomaly mode off again (later imports are cached and do not re-enable it)."""
+    try:
+        import recbole.model.sequential_recommender  # noqa: F401  (runs sine.py's side effect once)
+    except Exception:  # pragma: no cover - optional model dependencies
+        pass
+    torch.autograd.set_detect_anomaly(False)
+
+
 def apply() -> None:
     """Install the compatibility patches once (idempotent)."""
     global _APPLIED
@@ -184,4 +196,5 @@ def apply() -> None:
     rb_trainer.Trainer._save_checkpoint = _save_checkpoint
     _fix_sasrecf()
     _ddp_on_cpu()
+    _no_anomaly_detection()
     _APPLIED = True
