@@ -590,6 +590,13 @@ def run_grid(cells, out_dir, scratch, isolate=True, force=False, timeout=None, c
     records = []
     for i, cell in enumerate(cells, 1):
         prev = done.get(cell.cell_id)
+        path = os.path.join(out_dir, "cells", cell.cell_id + ".json")
+        if (not prev or prev.get("status") != CELL_STATUS_DONE) and os.path.exists(path):
+            try:  # finished meanwhile by another harness process writing to the same folder
+                with open(path) as f:
+                    prev = json.load(f)
+            except (OSError, json.JSONDecodeError):
+                pass
         if prev and prev.get("status") == CELL_STATUS_DONE and not force:
             log(f"[{i}/{len(cells)}] {cell.cell_id}: done earlier, skipped")
             records.append(prev)
@@ -756,6 +763,10 @@ def markdown_report(records, rows, meta) -> str:
                  if meta.get("model_config") else ""),
               f"- extra overrides: `{json.dumps(meta.get('overrides', {}), sort_keys=True)}`",
               f"- commit: {meta.get('commit', '')}; date (UTC): {meta.get('date', '')}",
+              *([f"- every command that wrote to this folder (meta.json `history`): "
+                 + "; ".join(f"`{h['command']}` ({h['date']}, {h['commit']}, "
+                             f"{h.get('grid_wall_s') or '?'} s)" for h in meta["history"])]
+                if len(meta.get("history") or []) > 1 else []),
               f"- device: {meta.get('device', '')}",
               f"- seeds: {meta.get('seeds', '')}; cells: {len(records)} "
               f"({sum(r.get('status') == 'ok' for r in records)} ok)",
@@ -950,6 +961,31 @@ def write_report(out_dir, meta=None, plots=True) -> dict:
 
 
 # ----------------------------------------------------------------------------- CLI
+def _merge_meta(out_dir: str, meta: dict, grid_wall_s=None) -> dict:
+    """Write ``meta.json``: this grid's settings, the union of the cells of every grid run into
+    this folder (in order), and one ``history`` entry per command that wrote to it."""
+    path = os.path.join(out_dir, "meta.json")
+    prev = {}
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                prev = json.load(f)
+        except (OSError, json.JSONDecodeError):
+            prev = {}
+    entry = {k: meta.get(k) for k in ("command", "date", "commit", "device")}
+    entry["cells"] = len(meta.get("grid_cells") or meta.get("cells") or [])
+    entry["grid_wall_s"] = grid_wall_s
+    history = [h for h in prev.get("history", [])
+               if (h.get("date"), h.get("command")) != (entry["date"], entry["command"])]
+    history.append(entry)
+    cells = list(prev.get("cells") or [])
+    cells += [c for c in meta.get("grid_cells") or meta.get("cells") or [] if c not in cells]
+    out = dict(meta, cells=cells, history=history)
+    out.setdefault("grid_cells", meta.get("cells"))
+    _atomic_write(path, json.dumps(_jsonable(out), indent=1))
+    return out
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m recbole_mm.benchmark",
                                 description="models x datasets x seeds benchmark for recbole_mm")
@@ -1057,13 +1093,12 @@ def main(argv=None):
         with open(os.path.join(out_dir, "meta.json")) as f:
             meta = json.load(f)
     if not args.report:
-        _atomic_write(os.path.join(out_dir, "meta.json"), json.dumps(_jsonable(meta), indent=1))
+        meta = _merge_meta(out_dir, meta)
         t0 = time.perf_counter()
         run_grid(cells, out_dir, scratch, isolate=not args.no_isolate, force=args.force,
                  timeout=args.cell_timeout, command=command,
                  log=lambda s: print(s, flush=True))
-        meta["grid_wall_s"] = round(time.perf_counter() - t0, 1)
-        _atomic_write(os.path.join(out_dir, "meta.json"), json.dumps(_jsonable(meta), indent=1))
+        meta = _merge_meta(out_dir, meta, grid_wall_s=round(time.perf_counter() - t0, 1))
     rep = write_report(out_dir, meta, plots=not args.no_plots)
     print(rep["markdown"])
     print(f"\nresults: {out_dir}")

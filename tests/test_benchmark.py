@@ -200,3 +200,18 @@ def test_noise_table_and_curve_from_records(tmp_path):
     assert "| SASRecF | 0 | 0.0500 | 0.0250 | +0.0% |" in md
     pngs = bm.make_plots(recs, rows, str(tmp_path))
     assert os.path.join(str(tmp_path), "noise_baby.png") in pngs
+
+
+def test_meta_keeps_the_union_of_grids_and_every_command(tmp_path):
+    out = str(tmp_path)
+    bm._merge_meta(out, {"command": "a", "date": "d1", "commit": "c", "device": "cpu",
+                         "cells": ["x", "y"]})
+    bm._merge_meta(out, {"command": "b", "date": "d2", "commit": "c", "device": "cpu",
+                         "cells": ["y", "z"]})
+    meta = bm._merge_meta(out, json.load(open(os.path.join(out, "meta.json"))) | {
+        "command": "b", "date": "d2", "grid_cells": ["y", "z"]}, grid_wall_s=3.0)
+    assert meta["cells"] == ["x", "y", "z"] and meta["grid_cells"] == ["y", "z"]
+    assert [(h["command"], h["cells"], h["grid_wall_s"]) for h in meta["history"]] == [
+        ("a", 2, None), ("b", 2, 3.0)]
+    md = bm.markdown_report([], [], meta)
+    assert "`a` (d1" in md and "`b` (d2" in md
