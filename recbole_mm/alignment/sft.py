@@ -187,7 +187,7 @@ def run_encoder_sft(sft: EncoderSFT, pairs, tokenize: Optional[Callable] = None,
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         history.append(float(np.mean(losses)) if losses else float("nan"))
         logger.info(f"SFT epoch {len(history)}: L_SFT {history[-1]:.4f}")
     return history
@@ -295,7 +295,7 @@ def run_feature_head_sft(features: dict, pairs, epochs: int = 10, batch_size: in
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         history.append(float(np.mean(losses)) if losses else float("nan"))
     with torch.no_grad():
         out = {k: heads[k](feats[k]).numpy() for k in feats}
