@@ -333,6 +333,7 @@ class _Probe:
         self.epochs = []       # one record per _train_epoch call
         self.eval_calls = []   # (seconds, during_fit)
         self.info = {}
+        self.model = None
         self._in_fit = False
 
     def attach(self, config, dataset, model, trainer):
@@ -345,6 +346,7 @@ class _Probe:
                 torch.cuda.synchronize()
 
         self.attached = True
+        self.model = model
         self.info = {
             "device": str(config["device"]),
             "params": int(sum(p.numel() for p in model.parameters())),
@@ -366,7 +368,12 @@ class _Probe:
             t0 = time.perf_counter()
             loss = orig_train(train_data, epoch_idx, *a, **k)
             sync()
-            probe.epochs.append({"epoch": int(epoch_idx), "train_s": time.perf_counter() - t0,
+            dt = time.perf_counter() - t0
+            segment = probe.epochs[-1].get("segment", 0) if probe.epochs else 0
+            if probe.epochs and int(epoch_idx) <= probe.epochs[-1]["epoch"]:
+                segment += 1  # a multi-stage trainer started another fit (phase / step)
+            probe.epochs.append({"epoch": int(epoch_idx), "step": len(probe.epochs),
+                                 "segment": segment, "train_s": dt,
                                  "train_loss": _loss_value(loss)})
             return loss
 
@@ -412,9 +419,13 @@ def _loss_value(loss):
 
 
 def best_epoch_from_curve(curve, bigger=True):
-    """The epoch whose validation score RecBole keeps: the first best (strict improvement)."""
+    """The epoch whose validation score RecBole keeps: the first best (strict improvement) of
+    the last training segment (multi-stage trainers return the last stage's best)."""
     best, best_ep = None, None
+    last = max((r.get("segment", 0) for r in curve), default=0)
     for rec in curve:
+        if rec.get("segment", 0) != last:
+            continue
         s = rec.get("valid_score")
         if s is None:
             continue
@@ -487,6 +498,9 @@ def execute_cell(cell: Cell, scratch: str) -> dict:
         "best_valid_score": _jsonable(result["best_valid_score"]),
         "best_epoch": best_epoch_from_curve(curve, bigger),
         "epochs_run": len(train_s),
+        "stages": 1 + max((r.get("segment", 0) for r in curve), default=0),
+        "trainable_params_end": int(sum(p.numel() for p in probe.model.parameters()
+                                        if p.requires_grad)) if probe.model is not None else None,
         "epoch_time_s": round(sum(train_s) / len(train_s), 4) if train_s else None,
         "eval_time_s": round(sum(fit_evals) / len(fit_evals), 4) if fit_evals else None,
         "test_eval_s": round(test_evals[-1], 4) if test_evals else None,
@@ -883,21 +897,21 @@ def make_plots(records, rows, out_dir, metrics=None) -> list[str]:
             colors = {}
             for r in recs:
                 c = colors.setdefault(r["label"], f"C{len(colors) % 10}")
-                ep = [e["epoch"] for e in r["curve"] if e.get("train_loss") is not None]
+                ep = [e.get("step", e["epoch"]) for e in r["curve"] if e.get("train_loss") is not None]
                 ls = [e["train_loss"] for e in r["curve"] if e.get("train_loss") is not None]
                 a1.plot(ep, ls, color=c, marker=".", label=r["label"] if r["seed"] == min(
                     x["seed"] for x in recs if x["label"] == r["label"]) else None)
                 ev = [e for e in r["curve"] if e.get("valid_score") is not None]
-                a2.plot([e["epoch"] for e in ev], [e["valid_score"] for e in ev], color=c,
+                a2.plot([e.get("step", e["epoch"]) for e in ev], [e["valid_score"] for e in ev], color=c,
                         marker=".")
             from matplotlib.ticker import MaxNLocator
 
             for a in (a1, a2):
                 a.xaxis.set_major_locator(MaxNLocator(integer=True))
-            a1.set_xlabel("epoch")
+            a1.set_xlabel("epoch (all stages in order)")
             a1.set_ylabel("train loss (sum over batches)")
             a1.set_yscale("log")
-            a2.set_xlabel("epoch")
+            a2.set_xlabel("epoch (all stages in order)")
             a2.set_ylabel(f"valid {recs[0].get('valid_metric', '')}")
             a1.legend(fontsize=8)
             fig.suptitle(f"{ds}: training curves (one line per seed)")

@@ -59,6 +59,11 @@ def test_best_epoch_is_the_first_best_and_summary_stats():
              {"epoch": 2}, {"epoch": 3, "valid_score": 0.3}, {"epoch": 4, "valid_score": 0.2}]
     assert bm.best_epoch_from_curve(curve) == 1
     assert bm.best_epoch_from_curve(curve, bigger=False) == 0
+    # a two-stage trainer (e.g. DeCoRec's phases): the last stage's best is the one kept
+    staged = [{"epoch": 0, "segment": 0, "valid_score": 0.9}, {"epoch": 1, "segment": 0,
+              "valid_score": 0.2}, {"epoch": 0, "segment": 1, "valid_score": 0.4},
+              {"epoch": 1, "segment": 1, "valid_score": 0.5}]
+    assert bm.best_epoch_from_curve(staged) == 1
     recs = [{"dataset": "d", "label": "A", "model": "SASRec", "seed": s, "status": "ok",
              "test_result": {"recall@10": v, "ndcg@10": v / 2}, "best_epoch": s,
              "peak_mem_mb": 10.0 * s, "params": 5, "device": "cpu"}
