@@ -526,6 +526,13 @@ def _cleanup_checkpoints(folder: str) -> None:
             pass
 
 
+def _loadavg():
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
 def _environment() -> dict:
     import torch
 
@@ -543,6 +550,7 @@ def run_cell(cell: Cell, out_dir: str, scratch: str, isolate: bool = True,
              timeout: float | None = None, command: str = "") -> dict:
     """Run one cell (in a fresh subprocess when ``isolate``) and write its record atomically."""
     path = os.path.join(out_dir, "cells", cell.cell_id + ".json")
+    load_start = _loadavg()
     if isolate:
         os.makedirs(scratch, exist_ok=True)
         spec_fd, spec_path = tempfile.mkstemp(dir=scratch, prefix="cell-", suffix=".json")
@@ -573,6 +581,7 @@ def run_cell(cell: Cell, out_dir: str, scratch: str, isolate: bool = True,
     else:
         rec = execute_cell(cell, scratch)
     rec.update(_environment())
+    rec["load_avg_1m"] = [load_start, _loadavg()]  # machine load at start / end (timing context)
     rec["isolated"] = bool(isolate)
     if not isolate and rec.get("peak_mem_source") == "process_max_rss":
         rec["peak_mem_source"] = "process_max_rss_shared"  # the max over every cell run so far
