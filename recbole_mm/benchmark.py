@@ -814,9 +814,13 @@ def markdown_report(records, rows, meta) -> str:
                          _fmt_num(r["peak_mem_mb"], 0), _fmt_num(r["params"]), str(r["n_ok"]),
                          r["device"]]
                 lines.append("| " + " | ".join(vals) + " |")
+            loads = [x for r in records if r["dataset"] == ds
+                     for x in (r.get("load_avg_1m") or []) if x is not None]
+            load_note = (f" Machine load average (1 min) around these cells: {min(loads):.1f} to "
+                         f"{max(loads):.1f}; timings scale with it." if loads else "")
             lines += ["", "best ep. = RecBole epoch index (0-based) of the best validation score; "
                       "s/epoch = mean training-epoch time; eval s = mean full-ranking validation "
-                      f"pass; peak MB = {clean[0]['peak_mem_source']}.", ""]
+                      f"pass; peak MB = {clean[0]['peak_mem_source']}.{load_note}", ""]
         noisy = [r for r in drows if r["n_ok"] and r["noise_modality"]]
         if noisy:
             lines += [f"### {ds}: modality-mismatch noise ({noisy[0]['noise_modality']})", ""]
