@@ -2,7 +2,6 @@
 discovery, losses, augmentation, variants, multi-domain pre-training -> fine-tuning end to end."""
 import math
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -431,13 +430,19 @@ def _n_items(root, name):
     return len({line.split("\t")[1] for line in lines})
 
 
-def _cli(args, cwd):
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, os.path.join(ROOT, "run_recbole_mm.py"), *args],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+def _cli(args, monkeypatch):
+    """``python run_recbole_mm.py <args>``, run in this process (same argv path, no re-import)."""
+    if ROOT not in sys.path:
+        monkeypatch.syspath_prepend(ROOT)
+    import run_recbole_mm
+
+    monkeypatch.setattr(sys, "argv", ["run_recbole_mm.py", *args])
+    return run_recbole_mm.main(args)
 
 
-def test_pretrain_then_finetune_on_new_item_set_via_cli(tmp_path):
+def test_pretrain_then_finetune_on_new_item_set_via_cli(tmp_path, monkeypatch, caplog):
+    import logging
+
     import yaml
 
     from recbole_mm.compat import load_checkpoint
@@ -449,20 +454,20 @@ def test_pretrain_then_finetune_on_new_item_set_via_cli(tmp_path):
     (tmp_path / "target.yaml").write_text(yaml.safe_dump(target))
     common = [f"--data_path={tmp_path}", "--topk=[10]", "--hidden_size=16", "--inner_size=16", "--n_heads=2",
               f"--checkpoint_dir={tmp_path / 'saved'}", "--train_batch_size=64"]
-    res = _cli(["--model=MISSRec", "--dataset=src_a", "--train_stage=pretrain", "--epochs=2",
-                f"--config_files={tmp_path / 'pretrain.yaml'}", *common], cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-3000:]
+    caplog.set_level(logging.INFO)
+    assert _cli(["--model=MISSRec", "--dataset=src_a", "--train_stage=pretrain", "--epochs=2",
+                 f"--config_files={tmp_path / 'pretrain.yaml'}", *common], monkeypatch) == 0
     pre_path = tmp_path / "saved" / "MISSRec-src_a+src_c-2.pth"
     assert pre_path.is_file()
     pre = load_checkpoint(str(pre_path))["state_dict"]
     assert "item_embedding.weight" not in pre
     assert pre["text_interest"].shape[0] == sum(_n_items(tmp_path, n) for n in domains) + 1
 
-    res = _cli(["--model=MISSRec", "--dataset=tgt_b", "--train_stage=transductive_ft", "--epochs=1",
-                f"--pretrained_path={pre_path}", f"--config_files={tmp_path / 'target.yaml'}", *common],
-               cwd=tmp_path)
-    out = res.stdout + res.stderr
-    assert res.returncode == 0, out[-3000:]
+    caplog.clear()
+    assert _cli(["--model=MISSRec", "--dataset=tgt_b", "--train_stage=transductive_ft", "--epochs=1",
+                 f"--pretrained_path={pre_path}", f"--config_files={tmp_path / 'target.yaml'}", *common],
+                monkeypatch) == 0
+    out = caplog.text
     assert "test result table" in out and "ndcg@10" in out
     ft = [p for p in (tmp_path / "saved").glob("MISSRec-*.pth") if p != pre_path
           and "src_a" not in p.name]
