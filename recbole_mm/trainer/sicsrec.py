@@ -36,6 +36,13 @@ class SICSRecTrainer(Trainer):
 
     def _enter_step(self, step: int) -> None:
         self.model.set_step(step)
+        if not self.config["single_spec"]:
+            # DDP registers gradient hooks for the parameters that train when it is built: rebuild
+            # it for the step's trainable set (frozen groups differ between the steps)
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.distributed_model = DistributedDataParallel(
+                self.model, device_ids=[self.config["local_rank"]], find_unused_parameters=True)
         self.optimizer = self._build_optimizer(params=self._trainable())
         self.start_epoch = 0
         self.cur_step = 0
