@@ -966,6 +966,20 @@ def make_plots(records, rows, out_dir, metrics=None) -> list[str]:
     return written
 
 
+def _stub_record(cell_id: str) -> dict:
+    """A planned cell without a result file (not reached yet, or its run was interrupted)."""
+    parts = cell_id.split("__")
+    seed = next((p[4:] for p in parts if p.startswith("seed") and p[4:].isdigit()), "0")
+    noise = next((p for p in parts if p.startswith("noise-")), None)
+    rec = {"cell_id": cell_id, "dataset": parts[0], "label": parts[1] if len(parts) > 1 else "?",
+           "model": parts[1] if len(parts) > 1 else "?", "seed": int(seed), "status": "not run",
+           "reason": "no result file: not reached yet or interrupted (rerun the command to resume)"}
+    if noise:
+        _, mod, frac = noise.split("-", 2)
+        rec["noise"] = [mod, float(frac)]
+    return rec
+
+
 def write_report(out_dir, meta=None, plots=True) -> dict:
     """(Re)write results.csv, summary.csv, summary.md and the plots from the finished cells."""
     meta_path = os.path.join(out_dir, "meta.json")
@@ -975,10 +989,12 @@ def write_report(out_dir, meta=None, plots=True) -> dict:
     meta = meta or {}
     records = list(load_cells(out_dir).values())
     wanted = meta.get("cells")
-    if wanted:  # only the cells of the latest grid (older cells stay on disk, unlisted)
+    if wanted:  # only the cells of the grids run into this folder (meta.json `cells`)
         order = {c: i for i, c in enumerate(wanted)}
-        records = sorted([r for r in records if r["cell_id"] in order],
-                         key=lambda r: order[r["cell_id"]])
+        have = {r["cell_id"] for r in records}
+        records = [r for r in records if r["cell_id"] in order]
+        records += [_stub_record(c) for c in wanted if c not in have]
+        records.sort(key=lambda r: order[r["cell_id"]])
     rows = summarize(records)
     write_csvs(records, rows, out_dir)
     md = markdown_report(records, rows, meta)

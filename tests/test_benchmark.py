@@ -220,3 +220,13 @@ def test_meta_keeps_the_union_of_grids_and_every_command(tmp_path):
         ("a", 2, None), ("b", 2, 3.0)]
     md = bm.markdown_report([], [], meta)
     assert "`a` (d1" in md and "`b` (d2" in md
+
+
+def test_report_lists_planned_cells_without_results(tmp_path):
+    out = str(tmp_path)
+    bm._merge_meta(out, {"command": "a", "date": "d", "commit": "c", "device": "cpu",
+                         "cells": ["beauty__SASRec__seed7__0123456789"]})
+    rep = bm.write_report(out, plots=False)
+    (rec,) = rep["records"]
+    assert rec["status"] == "not run" and rec["seed"] == 7 and rec["label"] == "SASRec"
+    assert "| beauty__SASRec__seed7__0123456789 | not run |" in rep["markdown"]
