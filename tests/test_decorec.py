@@ -427,3 +427,8 @@ def test_cli_runs_both_phases_and_tests_phase2_best(tiny_root, tmp_path):
     ckpt = torch.load(final[0], weights_only=True)
     assert int(ckpt["state_dict"]["training_phase"]) == 2
     assert int(torch.load(phase1[0], weights_only=True)["state_dict"]["training_phase"]) == 1
+    from recbole_mm.quick_start import load_data_and_model
+
+    _, model, *_ = load_data_and_model(str(final[0]))  # reloads into phase 2, same clusters
+    assert model.phase == 2
+    assert torch.equal(model.cluster_text, ckpt["state_dict"]["cluster_text"])
