@@ -181,6 +181,40 @@ def _no_anomaly_detection() -> None:
     torch.autograd.set_detect_anomaly(False)
 
 
+def _fast_float_seq_embedding() -> None:
+    """RecBole embeds a numerical float-sequence field of ``D`` values by gathering ``D`` embedding
+    rows per item and pooling them: a ``[B, L, D, H]`` tensor (gigabytes for 384- or 512-d
+    features). For fields whose value indices are ``1..D`` (how the plugin exposes modality
+    vectors) sum/mean pooling is exactly ``x @ E[1:D+1]`` (divided by ``D`` for the mean): compute
+    that instead. Other fields, and max pooling, take RecBole's own path."""
+    from recbole.model.layers import ContextSeqEmbAbstractLayer
+
+    if getattr(ContextSeqEmbAbstractLayer, "_recbole_mm_fast", False):
+        return
+    original = ContextSeqEmbAbstractLayer.embed_float_seq_fields
+
+    def embed_float_seq_fields(self, float_seq_fields, type):
+        if self.pooling_mode not in ("mean", "sum") or not float_seq_fields:
+            return original(self, float_seq_fields, type)
+        results = []
+        for i, field in enumerate(float_seq_fields):
+            table = self.float_seq_embedding_table[type][i]
+            base, index = field[..., 0], field[..., 1]
+            d = base.shape[-1]
+            ar = torch.arange(1, d + 1, device=field.device, dtype=index.dtype)
+            if d >= table.num_embeddings or not torch.equal(index, ar.expand_as(index)):
+                return original(self, float_seq_fields, type)
+            out = base @ table.weight[1:d + 1]
+            if self.pooling_mode == "mean":
+                out = out / (d + 1e-8)
+            results.append(out.unsqueeze(-2))
+        return torch.cat(results, dim=-2)
+
+    ContextSeqEmbAbstractLayer.embed_float_seq_fields = embed_float_seq_fields
+    ContextSeqEmbAbstractLayer._recbole_mm_fast = True
+    ContextSeqEmbAbstractLayer._recbole_embed_float_seq_fields = original
+
+
 def apply() -> None:
     """Install the compatibility patches once (idempotent)."""
     global _APPLIED
@@ -196,5 +230,6 @@ def apply() -> None:
     rb_trainer.Trainer._save_checkpoint = _save_checkpoint
     _fix_sasrecf()
     _ddp_on_cpu()
+    _fast_float_seq_embedding()
     _no_anomaly_detection()
     _APPLIED = True
