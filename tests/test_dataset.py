@@ -204,3 +204,21 @@ def test_scientific_mm_real_data(make_config):
     for iid in (1, 700, 1585):
         np.testing.assert_array_equal(ds.modality_features["image"][iid].numpy(), raw[int(tok[iid])])
     assert ds.modality_present["text"][1:].all()
+
+
+def test_benchmark_histories_keep_the_latest_items(make_config):
+    """Histories longer than MAX_ITEM_LIST_LENGTH keep their latest items (no overflow)."""
+    shared_data("amazon2018_scientific_mm")
+    from recbole.data import data_preparation
+
+    from recbole_mm.quick_start import create_dataset
+
+    cfg = make_config("SASRec", dataset="scientific_mm", MAX_ITEM_LIST_LENGTH=5)
+    ds = create_dataset(cfg)
+    train, valid, test = data_preparation(cfg, ds)
+    feat = test._dataset.inter_feat
+    assert feat["item_id_list"].shape[1] == 5 and int(feat["item_length"].max()) == 5
+    tok = _id2tok(ds)
+    utok = ds.field2id_token["user_id"]
+    row = int(np.flatnonzero(np.array([utok[u] for u in feat["user_id"].numpy()]) == "1")[0])
+    assert [tok[i] for i in feat["item_id_list"][row].tolist()] == ["10", "11", "12", "13", "14"]

@@ -94,7 +94,8 @@ class MMSequentialDataset(SequentialDataset):
         missing = [b for b, p in paths.items() if not os.path.isfile(p)]
         first = self.benchmark_filename_list[0]
         if missing == [first] and self.config["benchmark_rebuild_train"]:
-            return self._load_benchmark_rebuilding_train(paths)
+            self._load_benchmark_rebuilding_train(paths)
+            return self._truncate_histories()
         if missing:
             hint = ""
             if missing == [first]:
@@ -103,7 +104,21 @@ class MMSequentialDataset(SequentialDataset):
                 f"Benchmark file(s) not found: {', '.join(paths[b] for b in missing)}.{hint} "
                 f"{self._expected_files_hint()}"
             )
-        return super()._load_inter_feat(token, dataset_path)
+        super()._load_inter_feat(token, dataset_path)
+        self._truncate_histories()
+
+    def _truncate_histories(self):
+        """Benchmark files may hold longer histories than ``MAX_ITEM_LIST_LENGTH``: keep the
+        latest items (RecBole would otherwise keep the first ones, or overflow the position
+        embeddings)."""
+        max_len = self.config["MAX_ITEM_LIST_LENGTH"]
+        suffix = self.config["LIST_SUFFIX"]
+        for field in list(self.inter_feat.columns):
+            if not field.endswith(suffix) or self.field2type.get(field) != FeatureType.TOKEN_SEQ:
+                continue
+            if self.field2seqlen.get(field, 0) > max_len:
+                self.inter_feat[field] = [seq[-max_len:] for seq in self.inter_feat[field].values]
+                self.field2seqlen[field] = max_len
 
     def _load_benchmark_rebuilding_train(self, paths):
         """Rebuild the sliding-window train rows from the rows of the next split (valid)."""
