@@ -93,11 +93,21 @@ def _run_single(model, dataset, config_file_list, config_dict, saved, queue=None
     logger.info(model)
 
     trainer = registry.get_trainer(model_class, config)(config, model)
+    distributed = not config["single_spec"]
+    if distributed:
+        # every rank names the checkpoint from its own clock; only rank 0 writes it
+        import torch.distributed as dist
+
+        name = [getattr(trainer, "saved_model_file", None)]
+        dist.broadcast_object_list(name, src=0)
+        trainer.saved_model_file = name[0]
     if trainer_hook is not None:
         trainer_hook(config=config, dataset=data, model=model, trainer=trainer)
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
+    if distributed:
+        dist.barrier()  # rank 0 has finished writing the best checkpoint
     test_result = trainer.evaluate(test_data, load_best_model=saved,
                                    show_progress=config["show_progress"])
 
