@@ -143,7 +143,7 @@ def knn_graph(
     present=None,
     include_self: bool = False,
     exact_max_items: int = 50_000,
-    nprobe: int = 16,
+    nprobe: int = 8,
     batch_size: int = 16384,
     use_gpu: bool | None = None,
     return_arrays: bool = False,
@@ -175,8 +175,9 @@ def knn_graph(
         if len(ids) <= exact_max_items:
             index = faiss.IndexFlatIP(d)
         else:
-            nlist = int(2 * np.sqrt(len(ids)))
+            nlist = int(4 * np.sqrt(len(ids)))
             index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+            index.cp.niter = 10
             rng = np.random.default_rng(0)
             sample = xn[rng.choice(len(ids), size=min(len(ids), 40 * nlist), replace=False)]
             index.train(sample)
