@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 
 from recbole_mm.data import graphs
-from recbole_mm.model.layers import ModalityAdapter, register_feature_buffers, sparse_propagate
+from recbole_mm.model.layers import ModalityAdapter, register_feature_buffers, sparse_propagate, init_weights
 from recbole_mm.registry import register_model
 from recbole_mm.trainer.decorec import DeCoRecTrainer
 
@@ -170,13 +170,7 @@ class DeCoRec(SequentialRecommender):
 
     # ------------------------------------------------------------------ construction helpers
     def _init_weights(self, module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.data.normal_(mean=0.0, std=self.initializer_range)
-        elif isinstance(module, nn.LayerNorm):
-            module.bias.data.zero_()
-            module.weight.data.fill_(1.0)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            module.bias.data.zero_()
+        init_weights(module, self.initializer_range)
 
     def _normalised_cooccurrence(self, config, dataset):
         """``A`` (Eq. 1, training split only) normalised as ``cooc_norm`` says (scipy CSR)."""

@@ -292,3 +292,15 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x, attn_mask=None):
         return self.ffn(self.attention(x, attn_mask=attn_mask))
+
+
+def init_weights(module: nn.Module, std: float) -> None:
+    """RecBole's transformer initialisation, for ``model.apply``: N(0, std) weights for Linear
+    and Embedding, zero Linear biases, LayerNorm weight 1 and bias 0."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        module.weight.data.normal_(mean=0.0, std=std)
+    elif isinstance(module, nn.LayerNorm):
+        module.bias.data.zero_()
+        module.weight.data.fill_(1.0)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        module.bias.data.zero_()

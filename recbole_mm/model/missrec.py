@@ -34,7 +34,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
 from recbole_mm.data.pretrain import MultiDomainDataset
-from recbole_mm.model.layers import ModalityAdapter
+from recbole_mm.model.layers import ModalityAdapter, init_weights
 from recbole_mm.registry import register_model
 from recbole_mm.trainer.missrec import MISSRecTrainer
 
@@ -277,13 +277,7 @@ class MISSRec(SequentialRecommender):
         self.register_buffer("interest_round", torch.tensor(-1, dtype=torch.long))
 
     def _init_weights(self, module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.data.normal_(mean=0.0, std=self.initializer_range)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            module.bias.data.zero_()
-        elif isinstance(module, nn.LayerNorm):
-            module.bias.data.zero_()
-            module.weight.data.fill_(1.0)
+        init_weights(module, self.initializer_range)
 
     # ------------------------------------------------------------------ items
     def _feat(self, role):

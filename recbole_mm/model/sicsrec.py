@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.layers import FeedForward
 
-from recbole_mm.model.layers import LoRALinear, ModalityAdapter, TransformerEncoder
+from recbole_mm.model.layers import LoRALinear, ModalityAdapter, TransformerEncoder, init_weights
 from recbole_mm.registry import register_model
 from recbole_mm.trainer.sicsrec import SICSRecTrainer
 
@@ -264,13 +264,7 @@ class SICSRec(SequentialRecommender):
             layer_norm_eps=self.layer_norm_eps)
 
     def _init_weights(self, module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.data.normal_(mean=0.0, std=self.initializer_range)
-        elif isinstance(module, nn.LayerNorm):
-            module.bias.data.zero_()
-            module.weight.data.fill_(1.0)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            module.bias.data.zero_()
+        init_weights(module, self.initializer_range)
 
     def _add_lora(self, rank, alpha):
         bad = [t for t in self.lora_targets if t not in ("attn", "ffn")]
