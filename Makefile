@@ -16,7 +16,7 @@ install: $(STAMP)
 
 # Train and evaluate on the generated sample dataset and print RecBole's result table.
 demo: $(STAMP)
-	$(PY) run_recbole_mm.py --model=SASRecF --dataset=mm_sample --epochs=30 --hidden_size=64 --inner_size=128 --stopping_step=5
+	$(PY) run_recbole_mm.py --model=SASRecF --dataset=mm_sample --epochs=10 --hidden_size=64 --inner_size=128
 
 test: $(STAMP)
 	$(PY) -m pytest -q
