@@ -215,6 +215,24 @@ def _fast_float_seq_embedding() -> None:
     ContextSeqEmbAbstractLayer._recbole_embed_float_seq_fields = original
 
 
+def _race_free_ensure_dir() -> None:
+    """RecBole's ``ensure_dir`` checks ``os.path.exists`` and then calls ``os.makedirs``; two
+    distributed ranks starting together (``nproc > 1``) both pass the check and one of them dies
+    with ``FileExistsError`` (``./log``, the checkpoint folder). Replace it, everywhere RecBole
+    imported it by name, with ``os.makedirs(..., exist_ok=True)``."""
+    import importlib
+    import os
+
+    def ensure_dir(dir_path):
+        os.makedirs(dir_path, exist_ok=True)
+
+    for name in ("recbole.utils.utils", "recbole.utils", "recbole.utils.logger",
+                 "recbole.trainer.trainer", "recbole.data.utils", "recbole.data.dataset.dataset"):
+        module = importlib.import_module(name)
+        if hasattr(module, "ensure_dir"):
+            module.ensure_dir = ensure_dir
+
+
 def apply() -> None:
     """Install the compatibility patches once (idempotent)."""
     global _APPLIED
@@ -229,6 +247,7 @@ def apply() -> None:
 
     rb_trainer.Trainer._save_checkpoint = _save_checkpoint
     _fix_sasrecf()
+    _race_free_ensure_dir()
     _ddp_on_cpu()
     _fast_float_seq_embedding()
     _no_anomaly_detection()

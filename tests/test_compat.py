@@ -32,3 +32,21 @@ def test_saved_config_is_plain_data(make_config):
     d = config_to_dict(cfg)
     assert d["model"] == "SASRec" and not {"local_rank", "world_size", "port"} & set(d["sources"])
     assert d["final"]["MODEL_TYPE"] == "SEQUENTIAL" and isinstance(d["final"]["device"], str)
+
+
+def test_ensure_dir_survives_a_concurrent_creator(tmp_path, monkeypatch):
+    """Two DDP ranks both see the folder missing, then both create it: neither may fail."""
+    import os
+
+    import recbole.data.utils
+    import recbole.trainer.trainer
+    import recbole.utils.logger
+
+    import recbole_mm  # noqa: F401  (applies the patches)
+
+    target = tmp_path / "log"
+    target.mkdir()
+    monkeypatch.setattr(os.path, "exists", lambda path: False)  # the other rank won the race
+    for module in (recbole.utils.logger, recbole.trainer.trainer, recbole.data.utils):
+        module.ensure_dir(str(target))
+    assert target.is_dir()

@@ -388,7 +388,8 @@ def test_histories_longer_than_the_model_window_keep_their_latest_items(make_dat
 
 def test_dense_train_on_newest_first_benchmark_files(make_data):
     """Scientific's UniSRec train file lists each user's rows newest first: the kept row must
-    still be the latest one (its history + target = the validation history)."""
+    still be the latest one (its history + target = the validation history; both keep only their
+    latest MAX_ITEM_LIST_LENGTH items)."""
     from conftest import shared_data
 
     shared_data("amazon2018_scientific_mm")
@@ -400,4 +401,6 @@ def test_dense_train_on_newest_first_benchmark_files(make_data):
                                                      va.inter_feat["item_length"].numpy())}
     for u, h, n, t in zip(tr.inter_feat["user_id"].numpy(), tr.inter_feat["item_id_list"].numpy(),
                           tr.inter_feat["item_length"].numpy(), tr.inter_feat["item_id"].numpy()):
-        assert h[:n].tolist() + [int(t)] == vh[int(u)][-(n + 1):]
+        full = h[:n].tolist() + [int(t)]
+        assert len(vh[int(u)]) == min(len(full), config["MAX_ITEM_LIST_LENGTH"])
+        assert full[-len(vh[int(u)]):] == vh[int(u)]

@@ -164,7 +164,8 @@ def latest_training_rows(train, valid) -> np.ndarray:
     """Index of each user's latest training row, whatever the file's row order.
 
     The latest row is the one whose target is the last item of the user's validation history and
-    whose history is a suffix of the items before it (longest such row). Users without a
+    whose history ends with the items before it (longest overlap; histories cut to
+    ``MAX_ITEM_LIST_LENGTH`` compare on their common suffix). Users without a
     validation row fall back to their longest training row (last one on ties).
     """
     uid_f, iid_f = train.uid_field, train.iid_field
@@ -186,10 +187,12 @@ def latest_training_rows(train, valid) -> np.ndarray:
         if n >= fallback.get(u, (-1, -1))[0]:
             fallback[u] = (n, i)
         exp = expected.get(u)
-        if exp is None or t_tgt[i] != exp[-1] or n > len(exp) - 1:
+        if exp is None or t_tgt[i] != exp[-1]:
             continue
-        if np.array_equal(t_hist[i, :n], exp[len(exp) - 1 - n: len(exp) - 1]) and n > best.get(u, (-1, -1))[0]:
-            best[u] = (n, i)
+        # both histories may be cut to their latest MAX_ITEM_LIST_LENGTH items: compare the overlap
+        m = min(n, len(exp) - 1)
+        if np.array_equal(t_hist[i, n - m:n], exp[len(exp) - 1 - m: len(exp) - 1]) and m > best.get(u, (-1, -1))[0]:
+            best[u] = (m, i)
     rows = [best[u][1] if u in best else fallback[u][1] for u in fallback]
     return np.sort(np.asarray(rows, dtype=np.int64))
 
