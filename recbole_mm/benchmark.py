@@ -72,10 +72,6 @@ PROFILES = {
         "config": {"epochs": 10, "hidden_size": 64, "inner_size": 128, "embedding_size": 64,
                    "n_layers": 2, "n_heads": 2, "train_batch_size": 512,
                    "eval_batch_size": 2048, "stopping_step": 3},
-        # RecBole's float-sequence feature embedding (FDSA, SASRecF) materialises a
-        # [batch, length, feature dim, hidden] tensor: 3.4 GB per 512-d modality at batch 512
-        "model_config": {m: {"train_batch_size": 64, "eval_batch_size": 128}
-                         for m in ("FDSA", "SASRecF")},
         "datasets": ["scientific_mm"],
     },
     "full": {

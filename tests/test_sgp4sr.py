@@ -315,15 +315,20 @@ def test_ablation_wo_cip_removes_centres(build):
     # without CIP: u^m = LN_out(H^m)[last]; check the centre path really is skipped
     wo = build(use_cip=False)[0]
     called = []
-    orig = S.SGPBlock.centres
-    S.SGPBlock.centres = lambda *a, **k: called.append(1) or orig(*a, **k)
+    origs = {"centres": S.SGPBlock.centres}
+    for name, orig in origs.items():
+        setattr(S.SGPBlock, name, lambda *a, _o=orig, **k: called.append(1) or _o(*a, **k))
     try:
-        _scores(wo, batch)
-        assert not called
-        _scores(full, batch)
-        assert called
+        for trim in (True, False):  # packed and full-width paths
+            wo.trim_padding = full.trim_padding = trim
+            called.clear()
+            _scores(wo, batch)
+            assert not called
+            _scores(full, batch)
+            assert called
     finally:
-        S.SGPBlock.centres = orig
+        for name, orig in origs.items():
+            setattr(S.SGPBlock, name, orig)
 
 
 def test_ablation_wo_mul_single_fused_branch(build):
@@ -477,3 +482,25 @@ def test_cli_one_epoch_then_checkpoint_reload(tiny_root, tmp_path):
     assert config["feature_noise"] == "image:0.3"
     again = Trainer(config, model).evaluate(test, load_best_model=False)
     assert {k: again[k] for k in printed} == pytest.approx(printed, abs=1e-4)
+
+
+def test_initial_centres_share_one_dropout_mask(build):
+    """Spec 3.3: Z_0 = Dropout(s · Z_init) broadcast to every user (one mask per batch)."""
+    model, _, _, test = build(hidden_dropout_prob=0.5)
+    batch = first_batch(test)
+    seen = {}
+    orig = model._run_encoders
+
+    def spy(inputs, keep, centres, seq_bias, ica_bias):
+        seen.update(centres)
+        return orig(inputs, keep, centres, seq_bias, ica_bias)
+
+    model._run_encoders = spy
+    model.train()
+    with torch.no_grad():
+        model.calculate_loss(batch)
+    assert set(seen) == {"image", "text"}
+    for z in seen.values():
+        assert z.shape[0] == batch[model.ITEM_SEQ].shape[0] > 1
+        assert (z == 0).any()  # dropout did act
+        torch.testing.assert_close(z, z[:1].expand_as(z), rtol=0, atol=0)

@@ -166,6 +166,39 @@ class PointWiseFeedForward(nn.Module):
         return x + self.dropout2(self.linear2(self.dropout1(F.relu(self.linear1(x)))))
 
 
+class PackedSequences:
+    """The real (non-padding) positions of right-padded sequences, row-major.
+
+    ``lengths`` [N] (>= 1) and width ``T`` (>= max length). ``flat`` indexes the real positions in
+    the flattened ``[N * T]`` layout; ``last`` indexes each row's last real position among the
+    packed tokens.
+    """
+
+    def __init__(self, lengths: torch.Tensor, T: int):
+        self.N, self.T = lengths.shape[0], T
+        self.lengths = lengths
+        self.mask = torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]
+        self.flat = self.mask.reshape(-1).nonzero().squeeze(1)
+        self.last = torch.cumsum(lengths, 0) - 1
+        self.positions = self.flat % T
+
+    def pack(self, padded: torch.Tensor) -> torch.Tensor:
+        """``[N, T, ...]`` -> ``[tokens, ...]``."""
+        return padded.reshape(self.N * self.T, *padded.shape[2:])[self.flat]
+
+    def pad(self, packed: torch.Tensor) -> torch.Tensor:
+        """``[tokens, ...]`` -> ``[N, T, ...]`` with zeros at padding positions."""
+        out = packed.new_zeros(self.N * self.T, *packed.shape[1:])
+        out = out.index_copy(0, self.flat, packed)
+        return out.view(self.N, self.T, *packed.shape[1:])
+
+    def unpad(self, padded: torch.Tensor) -> torch.Tensor:
+        return self.pack(padded)
+
+    def repeat(self, times: int) -> "PackedSequences":
+        return PackedSequences(self.lengths.repeat(times), self.T)
+
+
 class SGPBlock(nn.Module):
     """One Transformer block (queries layer-normalised, keys/values not), also used by ICA.
 
@@ -211,6 +244,33 @@ class SGPBlock(nn.Module):
         q = self.attn_layernorm(x)
         h = q + self._attend(q, k, v, seq_bias)
         return self.ffn(self.ffn_layernorm(h)) * keep
+
+    # -- packed form: only the real positions of each sequence go through the position-wise
+    # layers (LN, projections, FFN); attention itself runs on the padded [N, h, T, d/h] layout
+    def keys_values_packed(self, x, pack: "PackedSequences"):
+        """Padded keys/values ``[N, h, T+1, d/h]`` of packed ``x`` [tokens, d]; the last key is the
+        padding key (input 0, i.e. the projection biases); positions >= a row's length are 0 and
+        must be hidden by the attention bias."""
+        d = self.d
+        out = []
+        for i in (1, 2):
+            w, b = self.attn.in_proj_weight[i * d:(i + 1) * d], self.attn.in_proj_bias[i * d:(i + 1) * d]
+            y = pack.pad(F.linear(x, w, b))
+            y = torch.cat([y, b.expand(y.shape[0], 1, d)], dim=1)
+            out.append(y.view(y.shape[0], y.shape[1], self.n_heads, d // self.n_heads).transpose(1, 2))
+        return tuple(out)
+
+    def forward_packed(self, x, pack: "PackedSequences", seq_bias, kv):
+        """:meth:`forward` on packed real positions ``x`` [tokens, d] (no keep mask needed)."""
+        q = self.attn_layernorm(x)
+        d, h = self.d, self.n_heads
+        qp = pack.pad(F.linear(q, self.attn.in_proj_weight[:d], self.attn.in_proj_bias[:d]))
+        qp = qp.view(qp.shape[0], qp.shape[1], h, d // h).transpose(1, 2)
+        out = F.scaled_dot_product_attention(qp, kv[0], kv[1], attn_mask=seq_bias,
+                                             dropout_p=self.dropout if self.training else 0.0)
+        out = pack.unpad(out.transpose(1, 2).reshape(qp.shape[0], qp.shape[2], d))
+        h = q + self.attn.out_proj(out)
+        return self.ffn(self.ffn_layernorm(h))
 
     def centres(self, z, kv, ica_bias):
         """ICA (Eq. 10-13, code form): ``Z <- FFN(Q_z + MHA(Q_z, X, X))``, ``Q_z = LN^a(Z)``."""
@@ -398,14 +458,45 @@ class SGP4SR(SequentialRecommender):
             ica[:, 0, 0, :T] = torch.where(real, 0.0, neg)
         return seq_bias, ica
 
+    def _packed_biases(self, item_seq_len, T: int, L: int):
+        """:meth:`_biases` for packed sequences: real positions only, every padding position of a
+        row (inside or beyond ``T``) folded into the one padding key, so the ICA bias is per row
+        (``[B, 1, k or 1, T + 1]``)."""
+        dev = item_seq_len.device
+        neg = torch.tensor(float("-inf"), device=dev)
+        pos = torch.arange(T, device=dev)
+        seq_bias = torch.zeros(T, T + 1, device=dev)
+        seq_bias[:, :T] = torch.where(pos[None, :] > pos[:, None], neg, 0.0)
+        seq_bias[:, T] = neg
+        if not self.use_cip:
+            return seq_bias, None
+        B = item_seq_len.shape[0]
+        real = pos[None, :] < item_seq_len[:, None]  # B x T
+        if self.ica_mask_mode == "official":  # centre c sees positions p <= c (padding included)
+            c = torch.arange(self.means_k, device=dev)
+            visible = (pos[None, None, :] <= c[None, :, None]) & real[:, None, :]  # B x k x T
+            ica = torch.empty(B, 1, self.means_k, T + 1, device=dev)
+            ica[:, 0, :, :T] = torch.where(visible, 0.0, neg)
+            pads = (torch.clamp(c, max=L - 1)[None, :] - item_seq_len[:, None] + 1).clamp(min=0).float()
+            ica[:, 0, :, T] = torch.where(pads > 0, pads.log(), neg)
+        else:  # every centre sees every real item, padding blocked
+            ica = torch.full((B, 1, 1, T + 1), float("-inf"), device=dev)
+            ica[:, 0, 0, :T] = torch.where(real, 0.0, neg)
+        return seq_bias, ica
+
     def _run_stack(self, stack, x, keep, z, seq_bias, ica_bias):
-        """Layers of one block stack; ``z`` are the centres of the first ``len(z)`` rows of ``x``."""
+        """Layers of one block stack; ``z`` are the centres of the first ``len(z)`` rows of ``x``.
+
+        ``keep`` is the padding mask ``[N, T, 1]`` of padded ``x``, or a :class:`PackedSequences`
+        when ``x`` holds packed real positions."""
+        packed = isinstance(keep, PackedSequences)
         for block in stack:
-            kv = block.keys_values(x, pad_key=True)  # layer input, shared by sequence and ICA
+            # layer input keys/values, shared by sequence and ICA
+            kv = block.keys_values_packed(x, keep) if packed else block.keys_values(x, pad_key=True)
             if z is not None:
                 n = z.shape[0]
                 z = block.centres(z, (kv[0][:n], kv[1][:n]), ica_bias)
-            x = block(x, keep, seq_bias, kv)
+            x = block.forward_packed(x, keep, seq_bias, kv) if packed else block(x, keep, seq_bias, kv)
         return x, z
 
     def _run_encoders(self, inputs: dict, keep, centres: dict, seq_bias, ica_bias):
@@ -413,11 +504,18 @@ class SGP4SR(SequentialRecommender):
         names = list(inputs)  # modality branches first, then 'cooc'
         cnames = list(centres)
         assert names[:len(cnames)] == cnames
-        B = keep.shape[0]
+        B = keep.N if isinstance(keep, PackedSequences) else keep.shape[0]
         if self.share_encoder:  # one pass over the concatenated branches (same weights)
             x = torch.cat([inputs[n] for n in names])
             z = torch.cat([centres[n] for n in cnames]) if cnames else None
             bias = ica_bias.repeat(len(cnames), 1, 1, 1) if (z is not None and ica_bias.dim() == 4) else ica_bias
+            if isinstance(keep, PackedSequences):
+                x, z = self._run_stack(self.encoders["shared"], x, keep.repeat(len(names)), z,
+                                       seq_bias, bias)
+                n_tok = inputs[names[0]].shape[0]
+                outs = {n: x[i * n_tok:(i + 1) * n_tok] for i, n in enumerate(names)}
+                zs = {n: z[i * B:(i + 1) * B] for i, n in enumerate(cnames)}
+                return outs, zs
             x, z = self._run_stack(self.encoders["shared"], x, keep.repeat(len(names), 1, 1), z,
                                    seq_bias, bias)
             outs = {n: x[i * B:(i + 1) * B] for i, n in enumerate(names)}
@@ -433,38 +531,58 @@ class SGP4SR(SequentialRecommender):
         return outs, zs
 
     def encode(self, item_seq, item_seq_len, tables=None):
-        """User vectors ``{'s': u^s, <branch>: u^m}`` (each B x d) and the item tables."""
+        """User vectors ``{'s': u^s, <branch>: u^m}`` (each B x d) and the item tables.
+
+        With ``trim_padding`` (default) only the real positions of each sequence are encoded
+        (:class:`PackedSequences`); otherwise every position of the padded width, like the
+        official code. Both give the same outputs (``test_trimmed_padding_equals_full_width``).
+        """
         tables = self.item_tables() if tables is None else tables
-        # positions beyond the longest sequence of the batch are padding: see _biases
-        T = int(item_seq_len.max()) if self.trim_padding else item_seq.shape[1]
-        seq_bias, ica_bias = self._biases(item_seq, T)
-        item_seq = item_seq[:, :T]
-        keep = (item_seq != 0).unsqueeze(-1).to(tables["id"].dtype)  # M
-        pos = self.position_embedding.weight[:T].unsqueeze(0)
-        inputs = {}
-        for b, _ in self.branches:  # X^m_0 = M ⊙ Drop(s_m Ê^m[S] + P)
-            inputs[b] = self.emb_dropout(self.scale_mm * tables[b][item_seq] + pos) * keep
-        inputs["cooc"] = self.emb_dropout(self.scale_id * tables["cooc"][item_seq] + pos) * keep
+        L = item_seq.shape[1]
+        if self.trim_padding:
+            T = int(item_seq_len.max())
+            keep = PackedSequences(item_seq_len, T)
+            seq_bias, ica_bias = self._packed_biases(item_seq_len, T, L)
+            items = keep.pack(item_seq[:, :T])
+            pos = self.position_embedding.weight[keep.positions]
+
+            def last_of(x):
+                return x[keep.last]
+        else:
+            seq_bias, ica_bias = self._biases(item_seq, L)
+            items = item_seq
+            keep = (item_seq != 0).unsqueeze(-1).to(tables["id"].dtype)  # M
+            pos = self.position_embedding.weight[:L].unsqueeze(0)
+            last = item_seq_len - 1
+
+            def last_of(x):
+                return self.gather_indexes(x, last)
+
+        def embed(table, scale):  # X_0 = M ⊙ Drop(s Ê[S] + P)
+            x = self.emb_dropout(scale * table[items] + pos)
+            return x if self.trim_padding else x * keep
+
+        inputs = {b: embed(tables[b], self.scale_mm) for b, _ in self.branches}
+        inputs["cooc"] = embed(tables["cooc"], self.scale_id)
 
         centres0 = {}
-        if self.use_cip:  # Z^m_0 = Drop(s_m Ĉ^m E^id), one copy per user
+        if self.use_cip:  # Z^m_0 = Drop(s_m Ĉ^m E^id), one dropout mask, broadcast to every user
             B = item_seq.shape[0]
             for b, _ in self.branches:
                 src = tables["id"] if self.use_cgc else tables[b]
                 init = torch.sparse.mm(getattr(self, f"centre_map_{b}"), src)
-                centres0[b] = self.emb_dropout(self.scale_mm * init.unsqueeze(0).expand(B, -1, -1))
+                centres0[b] = self.emb_dropout(self.scale_mm * init).unsqueeze(0).expand(B, -1, -1)
         outs, centres = self._run_encoders(inputs, keep, centres0, seq_bias, ica_bias)
 
-        last = item_seq_len - 1
         users = {}
-        fused = self.id_weight * outs["cooc"]
+        fused = self.id_weight * last_of(outs["cooc"])
         for b, rho in self.branches:
-            fused = fused + rho * outs[b]
-        users["s"] = self.output_layernorm(self.gather_indexes(fused, last))  # Eq. 17
+            fused = fused + rho * last_of(outs[b])
+        users["s"] = self.output_layernorm(fused)  # Eq. 17
         for b, _ in self.branches:
-            h_last = self.gather_indexes(outs[b], last)
+            h_last = last_of(outs[b])
             if self.use_cip:  # Eq. 15-16: Gumbel-softmax over centres, logits X^m_0 (Z^m_0)ᵀ
-                x0_last = self.gather_indexes(inputs[b], last)
+                x0_last = last_of(inputs[b])
                 logits = torch.bmm(centres0[b], x0_last.unsqueeze(-1)).squeeze(-1)  # B x k
                 weights = gumbel_softmax_choice(logits, tau=self.gumbel_tau,
                                                 stochastic=self.training or self.gumbel_eval)
