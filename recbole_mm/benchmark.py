@@ -664,6 +664,17 @@ def _noise_level(rec):
     return float(n[1]) if n else 0.0
 
 
+def _latest_per_seed(records) -> list:
+    """One record per seed: a label rerun under another configuration (e.g. a changed profile)
+    leaves its older cell on disk; only the most recently finished one counts."""
+    latest = {}
+    for r in records:
+        seed = r.get("seed")
+        if seed not in latest or str(r.get("finished") or "") >= str(latest[seed].get("finished") or ""):
+            latest[seed] = r
+    return [r for r in records if latest.get(r.get("seed")) is r]
+
+
 def summarize(records) -> list[dict]:
     """One row per (dataset, label, noise level): mean and sample std over the seeds."""
     groups = {}
@@ -673,7 +684,7 @@ def summarize(records) -> list[dict]:
     metrics = metric_names(records)
     rows = []
     for (dataset, label, noise_mod, noise_lvl), recs in groups.items():
-        ok = [r for r in recs if r.get("status") == CELL_STATUS_DONE]
+        ok = _latest_per_seed([r for r in recs if r.get("status") == CELL_STATUS_DONE])
         row = {"dataset": dataset, "label": label, "model": recs[0]["model"],
                "noise_modality": noise_mod or "", "noise": noise_lvl,
                "n_ok": len(ok), "n_cells": len(recs),

@@ -78,6 +78,11 @@ def test_best_epoch_is_the_first_best_and_summary_stats():
     assert a["best_epoch"] == pytest.approx(2) and a["peak_mem_mb"] == 30.0
     assert rows["B"]["n_ok"] == 0 and rows["B"]["reason"] == "model not available"
     assert bm.metric_names(recs) == ["recall@10", "ndcg@10"]
+    # a label rerun under another configuration: only the latest cell of a seed counts
+    old = dict(recs[0], finished="2026-01-01T00:00:00", test_result={"recall@10": 0.9, "ndcg@10": 0.4})
+    new = dict(recs[0], finished="2026-02-01T00:00:00")
+    a = {r["label"]: r for r in bm.summarize([old, new] + recs[1:])}["A"]
+    assert a["n_ok"] == 3 and a["recall@10"] == pytest.approx(0.3)
 
 
 def test_report_puts_the_papers_number_beside_ours(tmp_path):
