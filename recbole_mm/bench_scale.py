@@ -13,7 +13,6 @@ of non-zeros (never items squared) can be checked.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import resource
 import sys
@@ -118,8 +117,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
     summary = run(args.items, args.dim, args.interactions, args.knn_k, args.clusters, args.seed)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(summary, f, indent=2)
+        from recbole_mm.encoders.io import atomic_write_json
+
+        atomic_write_json(args.json, summary)
     return 0
 
 

@@ -49,6 +49,9 @@ import tempfile
 import time
 import traceback
 
+from recbole_mm.config import parse_cli_value, parse_overrides  # noqa: F401  (part of this module's API)
+from recbole_mm.encoders.io import atomic_write_text as _atomic_write
+
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASELINES = ["SASRec", "BERT4Rec", "GRU4Rec", "FDSA", "SASRecF"]
 ID_ONLY_BASELINES = ["SASRec", "BERT4Rec", "GRU4Rec"]
@@ -89,19 +92,6 @@ CELL_STATUS_DONE = "ok"
 
 
 # ----------------------------------------------------------------------------- small helpers
-def _atomic_write(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _jsonable(x):
     """Plain JSON data (numpy / torch scalars, tuples, OrderedDicts made plain)."""
     if isinstance(x, dict):
@@ -117,26 +107,6 @@ def _jsonable(x):
     except (TypeError, ValueError):
         return str(x)
     return v if math.isfinite(v) else None
-
-
-def _parse_value(v: str):
-    import yaml
-
-    try:
-        return yaml.safe_load(v)
-    except Exception:
-        return v
-
-
-def parse_overrides(rest) -> dict:
-    """``['--key=value', ...]`` -> ``{key: yaml value}`` (RecBole-style command-line overrides)."""
-    out = {}
-    for arg in rest:
-        if not arg.startswith("--") or "=" not in arg:
-            raise SystemExit(f"error: expected --key=value, got {arg!r}")
-        k, v = arg[2:].split("=", 1)
-        out[k] = _parse_value(v)
-    return out
 
 
 def git_commit(short: bool = False) -> str:
@@ -240,7 +210,7 @@ def parse_models(spec) -> list[tuple[str, str, dict]]:
             raise SystemExit(f"error: bad model entry {item!r} (expected NAME, LABEL=NAME or "
                              f"LABEL=NAME{{key: value, ...}})")
         label, model = m.group(1), m.group(2)
-        cfg = _parse_value(m.group(3)) if m.group(3) else {}
+        cfg = parse_cli_value(m.group(3)) if m.group(3) else {}
         if not isinstance(cfg, dict):
             raise SystemExit(f"error: bad config in model entry {item!r}")
         out.append(((label or model).strip(), model, cfg))

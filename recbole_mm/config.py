@@ -111,3 +111,24 @@ class MMConfig(Config):
             cfg["state"] = "error"
             cfg["show_progress"] = False
             cfg["verbose"] = False
+
+
+def parse_cli_value(v: str):
+    """A command-line value as YAML (``1e-3``, ``[a, b]``, ``true``); the raw string if not YAML."""
+    import yaml
+
+    try:
+        return yaml.safe_load(v)
+    except Exception:
+        return v
+
+
+def parse_overrides(args) -> dict:
+    """``['--key=value', ...]`` -> ``{key: value}`` (RecBole-style command-line overrides)."""
+    out = {}
+    for arg in args:
+        if not arg.startswith("--") or "=" not in arg:
+            raise SystemExit(f"error: expected --key=value, got {arg!r}")
+        k, v = arg[2:].split("=", 1)
+        out[k] = parse_cli_value(v)
+    return out

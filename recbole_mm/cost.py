@@ -19,21 +19,6 @@ import time
 import torch
 
 
-def _parse_overrides(rest):
-    out = {}
-    for arg in rest:
-        if not arg.startswith("--") or "=" not in arg:
-            raise SystemExit(f"expected --key=value, got {arg!r}")
-        k, v = arg[2:].split("=", 1)
-        try:
-            import yaml
-
-            out[k] = yaml.safe_load(v)
-        except Exception:
-            out[k] = v
-    return out
-
-
 def measure(model_name: str, dataset: str, overrides: dict, epochs: int = 1) -> dict:
     """Train ``epochs`` epoch(s) and run one full-ranking evaluation; return timings (s)."""
     from recbole.data import data_preparation
@@ -98,14 +83,16 @@ def main(argv=None):
     parser.add_argument("--epochs_timed", type=int, default=1)
     parser.add_argument("--json", default=None, help="also write the result here")
     args, rest = parser.parse_known_args(argv)
-    overrides = _parse_overrides(rest)
+    from recbole_mm.config import parse_overrides
+    from recbole_mm.encoders.io import atomic_write_json
+
+    overrides = parse_overrides(rest)
     out = compare(args.model, args.dataset, overrides, args.reference, args.epochs_timed)
     print(json.dumps(out, indent=2))
     print(f"{args.model} vs {args.reference} on {args.dataset}: train epoch x{out['train_ratio']}, "
           f"full-ranking eval x{out['eval_ratio']}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+        atomic_write_json(args.json, out)
     return 0
 
 

@@ -35,15 +35,9 @@ OWN = {"out_dir", "titles", "title_column", "title_id_column", "title_id_offset"
 
 
 def _parse(argv):
-    import yaml
+    from recbole_mm.config import parse_overrides
 
-    out = {}
-    for arg in argv:
-        if not arg.startswith("--") or "=" not in arg:
-            raise SystemExit(f"expected --key=value, got {arg!r}")
-        k, v = arg[2:].split("=", 1)
-        out[k] = yaml.safe_load(v)
-    return out
+    return parse_overrides(argv)
 
 
 def read_titles(path, id_column=0, title_column=1, id_offset=0, fallback_column=None) -> dict:

@@ -107,6 +107,16 @@ class MMSequentialDataset(SequentialDataset):
         super()._load_inter_feat(token, dataset_path)
         self._truncate_histories()
 
+    def _register_interaction_fields(self):
+        """Declare user id, item id (tokens) and time (float) as interaction fields, for
+        interactions built here rather than read from a RecBole ``.inter`` header."""
+        for field, ftype in ((self.uid_field, FeatureType.TOKEN), (self.iid_field, FeatureType.TOKEN),
+                             (self.time_field, FeatureType.FLOAT)):
+            self.field2source[field] = FeatureSource.INTERACTION
+            self.field2type[field] = ftype
+            self.field2seqlen[field] = 1
+        self.field2bucketnum[self.time_field] = 2
+
     def _truncate_histories(self):
         """Benchmark files may hold longer histories than ``MAX_ITEM_LIST_LENGTH``: keep the
         latest items (RecBole would otherwise keep the first ones, or overflow the position
@@ -159,12 +169,7 @@ class MMSequentialDataset(SequentialDataset):
                 users.extend([parts[0]] * (len(parts) - 1))
                 items.extend(parts[1:])
                 times.extend(range(len(parts) - 1))
-        for field, ftype in ((self.uid_field, FeatureType.TOKEN), (self.iid_field, FeatureType.TOKEN),
-                             (self.time_field, FeatureType.FLOAT)):
-            self.field2source[field] = FeatureSource.INTERACTION
-            self.field2type[field] = ftype
-            self.field2seqlen[field] = 1
-        self.field2bucketnum[self.time_field] = 2
+        self._register_interaction_fields()
         return pd.DataFrame({self.uid_field: users, self.iid_field: items,
                              self.time_field: np.asarray(times, dtype=np.float64)})
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
-from recbole.utils import FeatureSource, FeatureType
 
 from recbole_mm.data.dataset import DatasetFilesError, MMSequentialDataset
 
@@ -136,12 +135,7 @@ class MultiDomainDataset(MMSequentialDataset):
             self._domain_parts.append(part)
         if not frames:
             raise DatasetFilesError("pretrain_datasets is empty.")
-        for field, ftype in ((self.uid_field, FeatureType.TOKEN), (self.iid_field, FeatureType.TOKEN),
-                             (self.time_field, FeatureType.FLOAT)):
-            self.field2source[field] = FeatureSource.INTERACTION
-            self.field2type[field] = ftype
-            self.field2seqlen[field] = 1
-        self.field2bucketnum[self.time_field] = 2
+        self._register_interaction_fields()
         self.inter_feat = pd.concat(frames, ignore_index=True)
         self.user_feat = None
         self.item_feat = None

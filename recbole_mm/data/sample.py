@@ -13,9 +13,10 @@ Files (atomic RecBole format plus the feature-file contract):
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
+
+from recbole_mm.encoders.io import atomic_save_npy, atomic_write_text
 
 DEFAULTS = dict(n_users=1000, n_items=500, n_clusters=10, text_dim=64, image_dim=48,
                 min_len=5, max_len=20, stay_prob=0.85, seed=7)
@@ -67,22 +68,6 @@ def generate(n_users=1000, n_items=500, n_clusters=10, text_dim=64, image_dim=48
                 image_order=image_order, cluster=cluster, titles=titles)
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-    d = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _atomic_save_npy(path: str, arr: np.ndarray) -> None:
-    d = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".npy")
-    with os.fdopen(fd, "wb") as f:
-        np.save(f, arr)
-    os.replace(tmp, path)
-
-
 def write_sample(folder: str, name: str = "mm_sample", **kwargs) -> str:
     """Write the sample's files into ``folder`` (created if needed); returns the folder."""
     params = {**DEFAULTS, **kwargs}
@@ -90,14 +75,14 @@ def write_sample(folder: str, name: str = "mm_sample", **kwargs) -> str:
     os.makedirs(folder, exist_ok=True)
     lines = ["user_id:token\titem_id:token\ttimestamp:float"]
     lines += [f"{u}\t{i}\t{t}" for u, i, t in zip(data["users"], data["items"], data["times"])]
-    _atomic_save_npy(os.path.join(folder, f"{name}.text.npy"), data["text"])
+    atomic_save_npy(os.path.join(folder, f"{name}.text.npy"), data["text"])
     order = data["image_order"]
-    _atomic_save_npy(os.path.join(folder, f"{name}.image.npy"), data["image"][order])
-    _atomic_write_text(os.path.join(folder, f"{name}.image.ids"), "\n".join(map(str, order)) + "\n")
+    atomic_save_npy(os.path.join(folder, f"{name}.image.npy"), data["image"][order])
+    atomic_write_text(os.path.join(folder, f"{name}.image.ids"), "\n".join(map(str, order)) + "\n")
     titles = ["item_id:token\ttitle:token_seq"] + [f"{i}\t{t}" for i, t in enumerate(data["titles"])]
-    _atomic_write_text(os.path.join(folder, f"{name}.item"), "\n".join(titles) + "\n")
+    atomic_write_text(os.path.join(folder, f"{name}.item"), "\n".join(titles) + "\n")
     # the interaction file last: its presence marks a complete sample
-    _atomic_write_text(os.path.join(folder, f"{name}.inter"), "\n".join(lines) + "\n")
+    atomic_write_text(os.path.join(folder, f"{name}.inter"), "\n".join(lines) + "\n")
     return folder
 
 
