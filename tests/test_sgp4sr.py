@@ -271,6 +271,46 @@ def test_trimmed_padding_equals_full_width(build, ica_mask):
     torch.testing.assert_close(_scores(model, batch), trimmed, rtol=1e-4, atol=1e-5)
 
 
+def test_packed_gradients_equal_full_width(build):
+    """The key-space, bucketed ICA and packed encoders back-propagate like the full-width form."""
+    model, config, train, test = build(means_k=20)
+    batch = first_batch(train)
+    model.eval()  # no dropout, deterministic centre choice: both paths are the same function
+    grads = []
+    for trim in (True, False):
+        model.trim_padding = trim
+        model.zero_grad()
+        model.calculate_loss(batch).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-3, atol=1e-5, msg=n)
+
+
+def test_packed_batch_buckets():
+    lengths = torch.tensor([9, 8, 5, 4, 3, 1, 1, 9, 8, 5, 4, 3, 1, 1])  # two segments of 7 rows
+    batch = S.PackedBatch(lengths, segment=7)
+    spans = [(a, b, T) for a, b, T, _, _ in batch.buckets]
+    # length classes ceil(log2 len): 9 -> 4; 8, 5 -> 3; 4, 3 -> 2; 1 -> 0; a cut at row 7
+    assert spans == [(0, 1, 9), (1, 3, 8), (3, 5, 4), (5, 7, 1),
+                     (7, 8, 9), (8, 10, 8), (10, 12, 4), (12, 14, 1)]
+    for a, b, T, index, real in batch.buckets:
+        assert T < 2 * int(lengths[a:b].min())
+        assert index.shape == (b - a, T + 1) and (index[:, T] == batch.PAD).all()
+    seq = torch.zeros(14, 10, dtype=torch.long)
+    for r, n in enumerate(lengths.tolist()):
+        seq[r, :n] = torch.arange(1, n + 1) + 100 * r
+    tokens = batch.pack(seq)
+    assert tokens.tolist() == seq[seq > 0].tolist() and len(tokens) == batch.n_tokens
+    assert tokens[batch.last].tolist() == [100 * r + n for r, n in enumerate(lengths.tolist())]
+    parts = batch.gather(batch.extend(tokens.unsqueeze(1), torch.tensor([-1])))
+    for (a, b, T, _, real), part in zip(batch.buckets, parts):
+        assert (part[:, T, 0] == -1).all()
+        want = seq[a:b, :T].clone()
+        assert torch.equal(part[:, :T, 0], want)
+        assert torch.equal(part[:, :T, 0].reshape(-1)[real], want[want > 0])
+
+
 # ------------------------------------------------------------------------------------ ablations
 def _scores(model, batch):
     with torch.no_grad():
@@ -315,7 +355,7 @@ def test_ablation_wo_cip_removes_centres(build):
     # without CIP: u^m = LN_out(H^m)[last]; check the centre path really is skipped
     wo = build(use_cip=False)[0]
     called = []
-    origs = {"centres": S.SGPBlock.centres}
+    origs = {"centres": S.SGPBlock.centres, "centres_packed": S.SGPBlock.centres_packed}
     for name, orig in origs.items():
         setattr(S.SGPBlock, name, lambda *a, _o=orig, **k: called.append(1) or _o(*a, **k))
     try:
@@ -488,19 +528,26 @@ def test_initial_centres_share_one_dropout_mask(build):
     """Spec 3.3: Z_0 = Dropout(s · Z_init) broadcast to every user (one mask per batch)."""
     model, _, _, test = build(hidden_dropout_prob=0.5)
     batch = first_batch(test)
+    B = batch[model.ITEM_SEQ].shape[0]
     seen = {}
-    orig = model._run_encoders
+    for path in ("_run_packed", "_run_encoders"):  # packed: [k, d] shared; full width: [B, k, d]
+        orig = getattr(model, path)
 
-    def spy(inputs, keep, centres, seq_bias, ica_bias):
-        seen.update(centres)
-        return orig(inputs, keep, centres, seq_bias, ica_bias)
+        def spy(inputs, keep, centres, *rest, _orig=orig, _path=path):
+            seen[_path] = dict(centres)
+            return _orig(inputs, keep, centres, *rest)
 
-    model._run_encoders = spy
+        setattr(model, path, spy)
     model.train()
-    with torch.no_grad():
-        model.calculate_loss(batch)
-    assert set(seen) == {"image", "text"}
-    for z in seen.values():
-        assert z.shape[0] == batch[model.ITEM_SEQ].shape[0] > 1
+    for trim in (True, False):
+        model.trim_padding = trim
+        with torch.no_grad():
+            model.calculate_loss(batch)
+    assert set(seen["_run_packed"]) == set(seen["_run_encoders"]) == {"image", "text"}
+    for z in seen["_run_packed"].values():
+        assert z.shape == (model.means_k, model.hidden_size)
         assert (z == 0).any()  # dropout did act
+    for z in seen["_run_encoders"].values():
+        assert z.shape == (B, model.means_k, model.hidden_size) and B > 1
+        assert (z == 0).any()
         torch.testing.assert_close(z, z[:1].expand_as(z), rtol=0, atol=0)

@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 
 from recbole_mm.data import graphs
-from recbole_mm.model.layers import ModalityAdapter, gumbel_softmax_choice, sparse_propagate
+from recbole_mm.model.layers import (Dropout, ModalityAdapter, dropout, gumbel_softmax_choice,
+                                     sparse_propagate)
 from recbole_mm.registry import register_model
 
 ICA_MASKS = ("official", "padding")
@@ -159,44 +160,87 @@ class PointWiseFeedForward(nn.Module):
         super().__init__()
         self.linear1 = nn.Linear(d, d)
         self.linear2 = nn.Linear(d, d)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
+        self.dropout1 = Dropout(dropout)
+        self.dropout2 = Dropout(dropout)
 
     def forward(self, x):
         return x + self.dropout2(self.linear2(self.dropout1(F.relu(self.linear1(x)))))
 
+    def weighted(self, x, w):
+        """``Σ_c w_c FFN(x_c)`` for ``x`` [N, k, d] and weights ``w`` [N, k] summing to 1, without
+        dropout: ``Σ w_c x_c + W_2 (Σ w_c ReLU(W_1 x_c + b_1)) + b_2`` (W_2 once per row of N)."""
+        if self.training and self.dropout1.p > 0:
+            raise RuntimeError("PointWiseFeedForward.weighted is exact only without dropout.")
+        w = w.unsqueeze(1)
+        return (torch.bmm(w, x) + self.linear2(torch.bmm(w, F.relu(self.linear1(x))))).squeeze(1)
 
-class PackedSequences:
-    """The real (non-padding) positions of right-padded sequences, row-major.
 
-    ``lengths`` [N] (>= 1) and width ``T`` (>= max length). ``flat`` indexes the real positions in
-    the flattened ``[N * T]`` layout; ``last`` indexes each row's last real position among the
-    packed tokens.
+class PackedBatch:
+    """The real (non-padding) positions of right-padded sequences, grouped in length buckets.
+
+    ``lengths`` [N] (each >= 1). Tokens are the real positions, row-major (``row``, ``positions``;
+    ``last``: each row's last token). Rows are grouped into buckets, runs of consecutive rows whose
+    lengths share the class ``ceil(log2 len)`` (a new bucket also starts every ``segment`` rows): with
+    rows sorted by decreasing length a bucket is padded to less than twice its shortest row. Bucket
+    ``(start, end, T, index, real)``: rows ``start:end``, width ``T`` (its longest row), ``index``
+    [n, T + 1] into an :meth:`extend`-ed token table (position p < len -> its token, len <= p < T ->
+    a zero row, p = T -> the padding row) and ``real`` (flat [n * T] positions that are tokens).
     """
 
-    def __init__(self, lengths: torch.Tensor, T: int):
-        self.N, self.T = lengths.shape[0], T
+    ZERO, PAD, OFFSET = 0, 1, 2
+
+    def __init__(self, lengths: torch.Tensor, segment: int | None = None):
+        dev = lengths.device
+        self.N = lengths.shape[0]
+        self.segment = segment or self.N
         self.lengths = lengths
-        self.mask = torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]
-        self.flat = self.mask.reshape(-1).nonzero().squeeze(1)
-        self.last = torch.cumsum(lengths, 0) - 1
-        self.positions = self.flat % T
+        ends = torch.cumsum(lengths, 0)
+        starts = ends - lengths
+        self.n_tokens = int(ends[-1])
+        self.last = ends - 1
+        self.row = torch.repeat_interleave(torch.arange(self.N, device=dev), lengths)
+        self.positions = torch.arange(self.n_tokens, device=dev) - starts[self.row]
+        cls = torch.ceil(torch.log2(lengths.double()))
+        cuts = set((torch.nonzero(cls[1:] != cls[:-1]).squeeze(1) + 1).tolist())
+        cuts |= set(range(0, self.N, self.segment)) | {self.N}
+        cuts = sorted(cuts)
+        lens = lengths.tolist()
+        self.buckets = []
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            T = max(lens[a:b])
+            pos = torch.arange(T + 1, device=dev)
+            ln = lengths[a:b, None]
+            index = torch.where(pos < ln, starts[a:b, None] + pos + self.OFFSET, self.ZERO)
+            index[:, T] = self.PAD
+            real = (pos[:T] < ln).reshape(-1).nonzero().squeeze(1)
+            self.buckets.append((a, b, T, index, real))
+        # every bucket's index in one: one gather per tensor and layer (its backward allocates the
+        # table once, not once per bucket)
+        self._index = torch.cat([bk[3].reshape(-1) for bk in self.buckets])
+        self._sizes = [bk[3].numel() for bk in self.buckets]
+
+    def gather(self, table: torch.Tensor, n_buckets: int | None = None) -> list:
+        """``[n, T + 1, ...]`` per bucket (the first ``n_buckets``) from an :meth:`extend`-ed table."""
+        sizes = self._sizes[:n_buckets]
+        flat = table[self._index[:sum(sizes)]]
+        return [part.view(bk[3].shape + table.shape[1:])
+                for part, bk in zip(flat.split(sizes), self.buckets)]
+
+    def split_rows(self, x: torch.Tensor, n_buckets: int | None = None) -> tuple:
+        """``x`` [rows, ...] cut into the rows of each bucket (the first ``n_buckets``)."""
+        sizes = [b - a for a, b, *_ in self.buckets[:n_buckets]]
+        return x[:sum(sizes)].split(sizes)
 
     def pack(self, padded: torch.Tensor) -> torch.Tensor:
-        """``[N, T, ...]`` -> ``[tokens, ...]``."""
-        return padded.reshape(self.N * self.T, *padded.shape[2:])[self.flat]
+        """``[N, >= max len, ...]`` -> ``[tokens, ...]``."""
+        return padded[self.row, self.positions]
 
-    def pad(self, packed: torch.Tensor) -> torch.Tensor:
-        """``[tokens, ...]`` -> ``[N, T, ...]`` with zeros at padding positions."""
-        out = packed.new_zeros(self.N * self.T, *packed.shape[1:])
-        out = out.index_copy(0, self.flat, packed)
-        return out.view(self.N, self.T, *packed.shape[1:])
-
-    def unpad(self, padded: torch.Tensor) -> torch.Tensor:
-        return self.pack(padded)
-
-    def repeat(self, times: int) -> "PackedSequences":
-        return PackedSequences(self.lengths.repeat(times), self.T)
+    def extend(self, tokens: torch.Tensor, pad_row: torch.Tensor | None = None) -> torch.Tensor:
+        """The gather table of :attr:`buckets`' indices: a zero row, the padding row (zero when not
+        given), then the tokens (or those of the first rows)."""
+        zero = tokens.new_zeros(1, *tokens.shape[1:])
+        pad = zero if pad_row is None else pad_row.reshape(1, *tokens.shape[1:])
+        return torch.cat([zero, pad, tokens])
 
 
 class SGPBlock(nn.Module):
@@ -206,6 +250,12 @@ class SGPBlock(nn.Module):
     computes the keys/values of its input once and lets both the sequence positions and the
     interest centres (ICA, Eq. 10-12: same W^q, W^k, W^v, U) attend to them. Masks are additive
     float biases ``[queries, keys]`` (0 visible, -inf hidden; other values weight a key).
+
+    Two equal forms: :meth:`forward` / :meth:`centres` on padded ``[N, L, d]`` sequences, and
+    :meth:`forward_packed` on the real positions only (:class:`PackedBatch`), where ICA runs in key
+    space: ``Q_z K_jᵀ = LN(Z) (W^q_hᵀ K^h_j) + b^q_h·K^h_j`` and ``U Σ_j a_j V_j = Σ_h Σ_j a^h_j U_h V^h_j``,
+    so the per-centre work is the FFN plus two products over the user's (few) keys, instead of
+    two more d x d projections per centre.
     """
 
     def __init__(self, d: int, n_heads: int, dropout: float, eps: float):
@@ -218,11 +268,14 @@ class SGPBlock(nn.Module):
         self.ffn_layernorm = nn.LayerNorm(d, eps=eps)  # LN^f
         self.ffn = PointWiseFeedForward(d, dropout)
 
+    def _weights(self, i: int):
+        """(W, b) of the query (0), key (1) or value (2) projection."""
+        d = self.d
+        return self.attn.in_proj_weight[i * d:(i + 1) * d], self.attn.in_proj_bias[i * d:(i + 1) * d]
+
     def _project(self, x, i: int):
         d, h = self.d, self.n_heads
-        w = self.attn.in_proj_weight[i * d:(i + 1) * d]
-        b = self.attn.in_proj_bias[i * d:(i + 1) * d]
-        y = F.linear(x, w, b)
+        y = F.linear(x, *self._weights(i))
         return y.view(*x.shape[:-1], h, d // h).transpose(-3, -2)  # [N, h, len, d/h]
 
     def _attend(self, q_in, k, v, bias):
@@ -245,37 +298,85 @@ class SGPBlock(nn.Module):
         h = q + self._attend(q, k, v, seq_bias)
         return self.ffn(self.ffn_layernorm(h)) * keep
 
-    # -- packed form: only the real positions of each sequence go through the position-wise
-    # layers (LN, projections, FFN); attention itself runs on the padded [N, h, T, d/h] layout
-    def keys_values_packed(self, x, pack: "PackedSequences"):
-        """Padded keys/values ``[N, h, T+1, d/h]`` of packed ``x`` [tokens, d]; the last key is the
-        padding key (input 0, i.e. the projection biases); positions >= a row's length are 0 and
-        must be hidden by the attention bias."""
-        d = self.d
-        out = []
-        for i in (1, 2):
-            w, b = self.attn.in_proj_weight[i * d:(i + 1) * d], self.attn.in_proj_bias[i * d:(i + 1) * d]
-            y = pack.pad(F.linear(x, w, b))
-            y = torch.cat([y, b.expand(y.shape[0], 1, d)], dim=1)
-            out.append(y.view(y.shape[0], y.shape[1], self.n_heads, d // self.n_heads).transpose(1, 2))
-        return tuple(out)
-
-    def forward_packed(self, x, pack: "PackedSequences", seq_bias, kv):
-        """:meth:`forward` on packed real positions ``x`` [tokens, d] (no keep mask needed)."""
-        q = self.attn_layernorm(x)
-        d, h = self.d, self.n_heads
-        qp = pack.pad(F.linear(q, self.attn.in_proj_weight[:d], self.attn.in_proj_bias[:d]))
-        qp = qp.view(qp.shape[0], qp.shape[1], h, d // h).transpose(1, 2)
-        out = F.scaled_dot_product_attention(qp, kv[0], kv[1], attn_mask=seq_bias,
-                                             dropout_p=self.dropout if self.training else 0.0)
-        out = pack.unpad(out.transpose(1, 2).reshape(qp.shape[0], qp.shape[2], d))
-        h = q + self.attn.out_proj(out)
-        return self.ffn(self.ffn_layernorm(h))
-
     def centres(self, z, kv, ica_bias):
         """ICA (Eq. 10-13, code form): ``Z <- FFN(Q_z + MHA(Q_z, X, X))``, ``Q_z = LN^a(Z)``."""
         q = self.attn_layernorm(z)
         return self.ffn(q + self._attend(q, kv[0], kv[1], ica_bias))
+
+    # -- packed form
+    def forward_packed(self, x, batch: PackedBatch, seq_bias, z=None, ica_bias=None, shared=False,
+                       weights=None):
+        """One layer on the packed real positions ``x`` [tokens, d] of ``batch``; with centres ``z``,
+        ICA first refines them against the same layer input (:meth:`centres_packed`)."""
+        k_tok, v_tok = F.linear(x, *self._weights(1)), F.linear(x, *self._weights(2))
+        if z is not None:
+            z = self.centres_packed(z, k_tok, v_tok, batch, ica_bias, shared, weights)
+        d, h = self.d, self.n_heads
+        q = self.attn_layernorm(x)
+        q_ext = batch.extend(F.linear(q, *self._weights(0)))
+        k_ext = batch.extend(k_tok, self._weights(1)[1])  # padding key: input 0 -> the bias
+        v_ext = batch.extend(v_tok, self._weights(2)[1])
+        p = self.dropout if self.training else 0.0
+        outs = []
+        for (_, _, T, index, real), qb, kb, vb in zip(batch.buckets, batch.gather(q_ext),
+                                                      batch.gather(k_ext), batch.gather(v_ext)):
+            n = index.shape[0]
+            qb = qb[:, :T].reshape(n, T, h, d // h).transpose(1, 2)
+            kb = kb.view(n, T + 1, h, d // h).transpose(1, 2)
+            vb = vb.view(n, T + 1, h, d // h).transpose(1, 2)
+            out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=seq_bias(T), dropout_p=p)
+            outs.append(out.transpose(1, 2).reshape(n * T, d)[real])
+        h_ = q + self.attn.out_proj(torch.cat(outs))
+        return self.ffn(self.ffn_layernorm(h_)), z
+
+    def centres_packed(self, z, k_tok, v_tok, batch: PackedBatch, ica_bias, shared: bool,
+                       weights=None):
+        """ICA (:meth:`centres`) in key space over the packed keys ``k_tok``/``v_tok``.
+
+        ``z``: [R, k, d], the centres of the first R rows of ``batch``; or, with ``shared``,
+        [S, k, d], one set shared by every row of each of the first S segments (layer 1, whose
+        Z_0 is the same for every user). ``ica_bias(bucket)`` gives [n, k, T + 1, 1]. With
+        ``weights`` [R, k] (evaluation, last layer) returns only ``Σ_c w_c Z_c`` [R, d]
+        (:meth:`PointWiseFeedForward.weighted`).
+        """
+        d, h = self.d, self.n_heads
+        dh = d // h
+        scale = dh ** -0.5
+        (wq, bq), (_, bk), (_, bv) = self._weights(0), self._weights(1), self._weights(2)
+        wq_h, bq_h = wq.view(h, dh, d), bq.view(h, dh)
+        u_h = self.attn.out_proj.weight.view(d, h, dh)
+        rows = z.shape[0] * (batch.segment if shared else 1)
+        n_tok = int(batch.last[rows - 1]) + 1
+        keys = k_tok[:n_tok].view(n_tok, h, dh)
+        values = v_tok[:n_tok].view(n_tok, h, dh)
+        k_ext = batch.extend(torch.einsum("the,hef->thf", keys, wq_h) * scale,  # W^q_hᵀ K^h / √dh
+                             torch.einsum("he,hef->hf", bk.view(h, dh), wq_h) * scale)
+        b_ext = batch.extend((keys * bq_h).sum(-1) * scale, (bk.view(h, dh) * bq_h).sum(-1) * scale)
+        # U_h V^h + b_U / h: every head's weights sum to 1, so the h heads add U's bias b_U once
+        b_u = self.attn.out_proj.bias / h
+        v_ext = batch.extend(torch.einsum("the,fhe->thf", values, u_h) + b_u,
+                             torch.einsum("he,fhe->hf", bv.view(h, dh), u_h) + b_u)
+        q = self.attn_layernorm(z)
+        k = q.shape[1]
+        p = self.dropout if self.training else 0.0
+        n_b = sum(1 for bk in batch.buckets if bk[0] < rows)
+        queries = batch.split_rows(q, n_b) if not shared else [q[bk[0] // batch.segment]
+                                                                for bk in batch.buckets[:n_b]]
+        outs = []
+        for bucket, qb, kb, bb, vb in zip(batch.buckets, queries, batch.gather(k_ext, n_b),
+                                          batch.gather(b_ext, n_b), batch.gather(v_ext, n_b)):
+            a, b, T, _, _ = bucket
+            n = b - a
+            s = torch.matmul(qb, kb.view(n, (T + 1) * h, d).transpose(1, 2)).view(n, k, T + 1, h)
+            s = s + bb.unsqueeze(1) + ica_bias(bucket)
+            att = dropout(torch.softmax(s, dim=2), p, self.training)
+            outs.append(torch.bmm(att.view(n, k, (T + 1) * h), vb.view(n, (T + 1) * h, d)))
+        o = torch.cat(outs)
+        if shared:
+            x = (q.unsqueeze(1) + o.view(q.shape[0], -1, k, d)).view(-1, k, d)
+        else:
+            x = q + o
+        return self.ffn(x) if weights is None else self.ffn.weighted(x, weights)
 
 
 @register_model
@@ -338,7 +439,7 @@ class SGP4SR(SequentialRecommender):
             for name in names
         })
         self.output_layernorm = nn.LayerNorm(d, eps=self.eps)  # LN_out
-        self.emb_dropout = nn.Dropout(self.dropout_prob)
+        self.emb_dropout = Dropout(self.dropout_prob)
         self.ce = nn.CrossEntropyLoss()
 
         # ---- offline structures (training split only), fixed during training
@@ -429,21 +530,27 @@ class SGP4SR(SequentialRecommender):
                 tables[b] = self.adapters[b](getattr(self, f"feat_{b}"))
         return tables
 
+    @staticmethod
+    def _causal_bias(T: int, device) -> torch.Tensor:
+        """[T, T + 1]: position p sees positions <= p; the last key (merged padding) is hidden."""
+        pos = torch.arange(T, device=device)
+        bias = torch.full((T, T + 1), float("-inf"), device=device)
+        bias[:, :T] = torch.where(pos[None, :] > pos[:, None], float("-inf"), 0.0)
+        return bias
+
     def _biases(self, item_seq, T: int):
         """Attention biases over the first ``T`` positions plus one merged padding key.
 
         Positions >= T hold padding only (X is zero there at every layer, so each such key is
         ``b_k`` with value ``b_v``); they are folded into one extra key whose bias is the log of
         how many of them a query may see. This reproduces attention over the full padded width
-        exactly while computing only ``T = max length in the batch`` positions.
+        exactly while computing only ``T`` positions.
         """
         L = item_seq.shape[1]
         dev = item_seq.device
         neg = torch.tensor(float("-inf"), device=dev)
         pos = torch.arange(T, device=dev)
-        seq_bias = torch.zeros(T, T + 1, device=dev)
-        seq_bias[:, :T] = torch.where(pos[None, :] > pos[:, None], neg, 0.0)  # causal
-        seq_bias[:, T] = neg  # later padding is never visible to positions < T
+        seq_bias = self._causal_bias(T, dev)
         if not self.use_cip:
             return seq_bias, None
         c = torch.arange(self.means_k, device=dev)
@@ -458,96 +565,117 @@ class SGP4SR(SequentialRecommender):
             ica[:, 0, 0, :T] = torch.where(real, 0.0, neg)
         return seq_bias, ica
 
-    def _packed_biases(self, item_seq_len, T: int, L: int):
-        """:meth:`_biases` for packed sequences: real positions only, every padding position of a
-        row (inside or beyond ``T``) folded into the one padding key, so the ICA bias is per row
-        (``[B, 1, k or 1, T + 1]``)."""
-        dev = item_seq_len.device
-        neg = torch.tensor(float("-inf"), device=dev)
-        pos = torch.arange(T, device=dev)
-        seq_bias = torch.zeros(T, T + 1, device=dev)
-        seq_bias[:, :T] = torch.where(pos[None, :] > pos[:, None], neg, 0.0)
-        seq_bias[:, T] = neg
-        if not self.use_cip:
-            return seq_bias, None
-        B = item_seq_len.shape[0]
-        real = pos[None, :] < item_seq_len[:, None]  # B x T
-        if self.ica_mask_mode == "official":  # centre c sees positions p <= c (padding included)
-            c = torch.arange(self.means_k, device=dev)
-            visible = (pos[None, None, :] <= c[None, :, None]) & real[:, None, :]  # B x k x T
-            ica = torch.empty(B, 1, self.means_k, T + 1, device=dev)
-            ica[:, 0, :, :T] = torch.where(visible, 0.0, neg)
-            pads = (torch.clamp(c, max=L - 1)[None, :] - item_seq_len[:, None] + 1).clamp(min=0).float()
-            ica[:, 0, :, T] = torch.where(pads > 0, pads.log(), neg)
-        else:  # every centre sees every real item, padding blocked
-            ica = torch.full((B, 1, 1, T + 1), float("-inf"), device=dev)
-            ica[:, 0, 0, :T] = torch.where(real, 0.0, neg)
-        return seq_bias, ica
+    def _packed_ica_bias(self, batch: PackedBatch, L: int):
+        """ICA bias of one bucket of ``batch``, ``[n, k, T + 1, 1]`` (key-space layout): as
+        :meth:`_biases`, with every padding position of a row (inside or beyond the bucket's width)
+        folded into the padding key."""
+        dev = batch.lengths.device
+        c = torch.arange(self.means_k, device=dev)
+
+        def bias(bucket):
+            a, b, T, _, _ = bucket
+            pos = torch.arange(T, device=dev)
+            ln = batch.lengths[a:b, None, None]
+            out = torch.full((b - a, self.means_k, T + 1), float("-inf"), device=dev)
+            if self.ica_mask_mode == "official":  # centre c sees positions p <= c (padding included)
+                visible = (pos[None, None, :] <= c[None, :, None]) & (pos < ln)
+                out[:, :, :T] = torch.where(visible, 0.0, float("-inf"))
+                pads = (torch.clamp(c, max=L - 1)[None, :] - ln[:, :, 0] + 1).clamp(min=0).float()
+                out[:, :, T] = torch.where(pads > 0, pads.log(), float("-inf"))
+            else:  # every centre sees every real item, padding blocked
+                out[:, :, :T] = torch.where(pos < ln, 0.0, float("-inf"))
+            return out.unsqueeze(-1)
+
+        return bias
 
     def _run_stack(self, stack, x, keep, z, seq_bias, ica_bias):
-        """Layers of one block stack; ``z`` are the centres of the first ``len(z)`` rows of ``x``.
-
-        ``keep`` is the padding mask ``[N, T, 1]`` of padded ``x``, or a :class:`PackedSequences`
-        when ``x`` holds packed real positions."""
-        packed = isinstance(keep, PackedSequences)
+        """Full-width layers of one block stack; ``z`` are the centres of the first ``len(z)`` rows."""
         for block in stack:
-            # layer input keys/values, shared by sequence and ICA
-            kv = block.keys_values_packed(x, keep) if packed else block.keys_values(x, pad_key=True)
+            kv = block.keys_values(x, pad_key=True)  # layer input keys/values, shared by ICA
             if z is not None:
                 n = z.shape[0]
                 z = block.centres(z, (kv[0][:n], kv[1][:n]), ica_bias)
-            x = block.forward_packed(x, keep, seq_bias, kv) if packed else block(x, keep, seq_bias, kv)
+            x = block(x, keep, seq_bias, kv)
         return x, z
 
+    def _stack_groups(self, names):
+        """(block stack, branch names) pairs: one stack for all branches, or one per branch."""
+        if self.share_encoder:
+            return [(self.encoders["shared"], names)]
+        return [(self.encoders[n if n != "cooc" else "id"], [n]) for n in names]
+
     def _run_encoders(self, inputs: dict, keep, centres: dict, seq_bias, ica_bias):
-        """Run the branches (image, text, cooc) through their stacks; ICA refines the centres."""
-        names = list(inputs)  # modality branches first, then 'cooc'
-        cnames = list(centres)
-        assert names[:len(cnames)] == cnames
-        B = keep.N if isinstance(keep, PackedSequences) else keep.shape[0]
-        if self.share_encoder:  # one pass over the concatenated branches (same weights)
-            x = torch.cat([inputs[n] for n in names])
-            z = torch.cat([centres[n] for n in cnames]) if cnames else None
-            bias = ica_bias.repeat(len(cnames), 1, 1, 1) if (z is not None and ica_bias.dim() == 4) else ica_bias
-            if isinstance(keep, PackedSequences):
-                x, z = self._run_stack(self.encoders["shared"], x, keep.repeat(len(names)), z,
-                                       seq_bias, bias)
-                n_tok = inputs[names[0]].shape[0]
-                outs = {n: x[i * n_tok:(i + 1) * n_tok] for i, n in enumerate(names)}
-                zs = {n: z[i * B:(i + 1) * B] for i, n in enumerate(cnames)}
-                return outs, zs
-            x, z = self._run_stack(self.encoders["shared"], x, keep.repeat(len(names), 1, 1), z,
-                                   seq_bias, bias)
-            outs = {n: x[i * B:(i + 1) * B] for i, n in enumerate(names)}
-            zs = {n: z[i * B:(i + 1) * B] for i, n in enumerate(cnames)}
-            return outs, zs
+        """Full width: run the branches (image, text, cooc) through their stacks; ICA refines the
+        centres ([B, k, d] per modality branch)."""
+        B = keep.shape[0]
         outs, zs = {}, {}
-        for n in names:
-            x, z = self._run_stack(self.encoders[n if n != "cooc" else "id"], inputs[n], keep,
-                                   centres.get(n), seq_bias, ica_bias)
-            outs[n] = x
-            if z is not None:
-                zs[n] = z
+        for stack, group in self._stack_groups(list(inputs)):  # modality branches first
+            cg = [n for n in group if n in centres]
+            x = torch.cat([inputs[n] for n in group])
+            z = torch.cat([centres[n] for n in cg]) if cg else None
+            bias = ica_bias.repeat(len(cg), 1, 1, 1) if (cg and ica_bias.dim() == 4) else ica_bias
+            x, z = self._run_stack(stack, x, keep.repeat(len(group), 1, 1), z, seq_bias, bias)
+            outs.update({n: x[i * B:(i + 1) * B] for i, n in enumerate(group)})
+            zs.update({n: z[i * B:(i + 1) * B] for i, n in enumerate(cg)})
+        return outs, zs
+
+    def _run_packed(self, inputs: dict, lengths, centres: dict, L: int, weights=None):
+        """Packed: ``inputs`` hold each branch's real positions ([tokens, d], rows sorted by
+        decreasing length); ``centres`` the initial centres [k, d] per modality branch, shared by
+        every user until the first ICA. With centre-choice ``weights`` ([B, k] per modality, no
+        dropout) the returned centres are the chosen ones, ``Σ_c w_c Z_L[c]`` [B, d]."""
+        B = lengths.shape[0]
+        dev = lengths.device
+        causal = {}
+
+        def seq_bias(T):
+            if T not in causal:
+                causal[T] = self._causal_bias(T, dev)
+            return causal[T]
+
+        outs, zs = {}, {}
+        for stack, group in self._stack_groups(list(inputs)):
+            cg = [n for n in group if n in centres]
+            batch = PackedBatch(lengths.repeat(len(group)), segment=B)
+            ica_bias = self._packed_ica_bias(batch, L) if cg else None
+            x = torch.cat([inputs[n] for n in group])
+            z = torch.stack([centres[n] for n in cg]) if cg else None
+            w = torch.cat([weights[n] for n in cg]) if (cg and weights is not None) else None
+            shared = True
+            for i, block in enumerate(stack):
+                last = i == len(stack) - 1
+                x, z = block.forward_packed(x, batch, seq_bias, z, ica_bias, shared,
+                                            w if last else None)
+                shared = False
+            if z is not None and shared:  # no layers
+                z = z.repeat_interleave(B, dim=0)
+                if w is not None:
+                    z = torch.bmm(w.unsqueeze(1), z).squeeze(1)
+            n_tok = inputs[group[0]].shape[0]
+            outs.update({n: x[i * n_tok:(i + 1) * n_tok] for i, n in enumerate(group)})
+            zs.update({n: z[i * B:(i + 1) * B] for i, n in enumerate(cg)})
         return outs, zs
 
     def encode(self, item_seq, item_seq_len, tables=None):
         """User vectors ``{'s': u^s, <branch>: u^m}`` (each B x d) and the item tables.
 
         With ``trim_padding`` (default) only the real positions of each sequence are encoded
-        (:class:`PackedSequences`); otherwise every position of the padded width, like the
-        official code. Both give the same outputs (``test_trimmed_padding_equals_full_width``).
+        (:class:`PackedBatch`, users sorted by length internally); otherwise every position of the
+        padded width, like the official code. Both give the same outputs
+        (``test_trimmed_padding_equals_full_width``).
         """
         tables = self.item_tables() if tables is None else tables
         L = item_seq.shape[1]
+        B = item_seq.shape[0]
         if self.trim_padding:
-            T = int(item_seq_len.max())
-            keep = PackedSequences(item_seq_len, T)
-            seq_bias, ica_bias = self._packed_biases(item_seq_len, T, L)
-            items = keep.pack(item_seq[:, :T])
-            pos = self.position_embedding.weight[keep.positions]
+            order = torch.argsort(item_seq_len, descending=True, stable=True)
+            lengths = item_seq_len[order]
+            pack = PackedBatch(lengths)
+            items = pack.pack(item_seq[order])
+            pos = self.position_embedding.weight[pack.positions]
 
             def last_of(x):
-                return x[keep.last]
+                return x[pack.last]
         else:
             seq_bias, ica_bias = self._biases(item_seq, L)
             items = item_seq
@@ -565,14 +693,24 @@ class SGP4SR(SequentialRecommender):
         inputs = {b: embed(tables[b], self.scale_mm) for b, _ in self.branches}
         inputs["cooc"] = embed(tables["cooc"], self.scale_id)
 
-        centres0 = {}
-        if self.use_cip:  # Z^m_0 = Drop(s_m Ĉ^m E^id), one dropout mask, broadcast to every user
-            B = item_seq.shape[0]
+        centres0, choice = {}, {}
+        if self.use_cip:  # Z^m_0 = Drop(s_m Ĉ^m E^id): one dropout mask, shared by every user
             for b, _ in self.branches:
                 src = tables["id"] if self.use_cgc else tables[b]
                 init = torch.sparse.mm(getattr(self, f"centre_map_{b}"), src)
-                centres0[b] = self.emb_dropout(self.scale_mm * init).unsqueeze(0).expand(B, -1, -1)
-        outs, centres = self._run_encoders(inputs, keep, centres0, seq_bias, ica_bias)
+                centres0[b] = self.emb_dropout(self.scale_mm * init)  # k x d
+                # Eq. 15: Gumbel-softmax over centres, logits X^m_0 (Z^m_0)ᵀ (B x k)
+                choice[b] = gumbel_softmax_choice(last_of(inputs[b]) @ centres0[b].t(),
+                                                  tau=self.gumbel_tau,
+                                                  stochastic=self.training or self.gumbel_eval)
+        chosen = False  # whether the encoders return Σ_c w_c Z_L[c] (evaluation, packed)
+        if self.trim_padding:
+            chosen = not (self.training and self.dropout_prob > 0)
+            outs, centres = self._run_packed(inputs, lengths, centres0, L,
+                                             choice if chosen else None)
+        else:
+            outs, centres = self._run_encoders(
+                inputs, keep, {b: z.expand(B, -1, -1) for b, z in centres0.items()}, seq_bias, ica_bias)
 
         users = {}
         fused = self.id_weight * last_of(outs["cooc"])
@@ -581,14 +719,14 @@ class SGP4SR(SequentialRecommender):
         users["s"] = self.output_layernorm(fused)  # Eq. 17
         for b, _ in self.branches:
             h_last = last_of(outs[b])
-            if self.use_cip:  # Eq. 15-16: Gumbel-softmax over centres, logits X^m_0 (Z^m_0)ᵀ
-                x0_last = last_of(inputs[b])
-                logits = torch.bmm(centres0[b], x0_last.unsqueeze(-1)).squeeze(-1)  # B x k
-                weights = gumbel_softmax_choice(logits, tau=self.gumbel_tau,
-                                                stochastic=self.training or self.gumbel_eval)
-                centre = torch.bmm(weights.unsqueeze(1), centres[b]).squeeze(1)
+            if self.use_cip:  # Eq. 16: add the chosen centre
+                centre = centres[b] if chosen else torch.bmm(choice[b].unsqueeze(1), centres[b]).squeeze(1)
                 h_last = h_last + self.center_weight * centre
             users[b] = self.output_layernorm(h_last)
+        if self.trim_padding:  # back to the caller's row order
+            inverse = torch.empty_like(order)
+            inverse[order] = torch.arange(B, device=order.device)
+            users = {k: u[inverse] for k, u in users.items()}
         return users, tables
 
     def forward(self, item_seq, item_seq_len):
