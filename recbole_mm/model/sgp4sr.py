@@ -164,7 +164,8 @@ class PointWiseFeedForward(nn.Module):
         self.dropout2 = Dropout(dropout)
 
     def forward(self, x):
-        return x + self.dropout2(self.linear2(self.dropout1(F.relu(self.linear1(x)))))
+        # in place where autograd allows it (linear/dropout backward never reads their outputs)
+        return self.dropout2(self.linear2(self.dropout1(F.relu(self.linear1(x), inplace=True)))).add_(x)
 
     def weighted(self, x, w):
         """``Σ_c w_c FFN(x_c)`` for ``x`` [N, k, d] and weights ``w`` [N, k] summing to 1, without
@@ -172,7 +173,7 @@ class PointWiseFeedForward(nn.Module):
         if self.training and self.dropout1.p > 0:
             raise RuntimeError("PointWiseFeedForward.weighted is exact only without dropout.")
         w = w.unsqueeze(1)
-        return (torch.bmm(w, x) + self.linear2(torch.bmm(w, F.relu(self.linear1(x))))).squeeze(1)
+        return (torch.bmm(w, x) + self.linear2(torch.bmm(w, F.relu(self.linear1(x), inplace=True)))).squeeze(1)
 
 
 class PackedBatch:
@@ -180,8 +181,9 @@ class PackedBatch:
 
     ``lengths`` [N] (each >= 1). Tokens are the real positions, row-major (``row``, ``positions``;
     ``last``: each row's last token). Rows are grouped into buckets, runs of consecutive rows whose
-    lengths share the class ``ceil(log2 len)`` (a new bucket also starts every ``segment`` rows): with
-    rows sorted by decreasing length a bucket is padded to less than twice its shortest row. Bucket
+    lengths share the class ``ceil(log2 len)``; a new bucket also starts every ``segment`` rows and
+    after ``max_rows`` rows (which keeps a bucket's intermediates small). With rows sorted by
+    decreasing length a bucket is padded to less than twice its shortest row. Bucket
     ``(start, end, T, index, real)``: rows ``start:end``, width ``T`` (its longest row), ``index``
     [n, T + 1] into an :meth:`extend`-ed token table (position p < len -> its token, len <= p < T ->
     a zero row, p = T -> the padding row) and ``real`` (flat [n * T] positions that are tokens).
@@ -189,7 +191,7 @@ class PackedBatch:
 
     ZERO, PAD, OFFSET = 0, 1, 2
 
-    def __init__(self, lengths: torch.Tensor, segment: int | None = None):
+    def __init__(self, lengths: torch.Tensor, segment: int | None = None, max_rows: int = 256):
         dev = lengths.device
         self.N = lengths.shape[0]
         self.segment = segment or self.N
@@ -204,6 +206,7 @@ class PackedBatch:
         cuts = set((torch.nonzero(cls[1:] != cls[:-1]).squeeze(1) + 1).tolist())
         cuts |= set(range(0, self.N, self.segment)) | {self.N}
         cuts = sorted(cuts)
+        cuts = sorted({c for a, b in zip(cuts[:-1], cuts[1:]) for c in range(a, b, max_rows)} | {self.N})
         lens = lengths.tolist()
         self.buckets = []
         for a, b in zip(cuts[:-1], cuts[1:]):
@@ -222,7 +225,7 @@ class PackedBatch:
     def gather(self, table: torch.Tensor, n_buckets: int | None = None) -> list:
         """``[n, T + 1, ...]`` per bucket (the first ``n_buckets``) from an :meth:`extend`-ed table."""
         sizes = self._sizes[:n_buckets]
-        flat = table[self._index[:sum(sizes)]]
+        flat = table.index_select(0, self._index[:sum(sizes)])
         return [part.view(bk[3].shape + table.shape[1:])
                 for part, bk in zip(flat.split(sizes), self.buckets)]
 
@@ -347,36 +350,33 @@ class SGPBlock(nn.Module):
         u_h = self.attn.out_proj.weight.view(d, h, dh)
         rows = z.shape[0] * (batch.segment if shared else 1)
         n_tok = int(batch.last[rows - 1]) + 1
-        keys = k_tok[:n_tok].view(n_tok, h, dh)
-        values = v_tok[:n_tok].view(n_tok, h, dh)
-        k_ext = batch.extend(torch.einsum("the,hef->thf", keys, wq_h) * scale,  # W^q_hᵀ K^h / √dh
-                             torch.einsum("he,hef->hf", bk.view(h, dh), wq_h) * scale)
-        b_ext = batch.extend((keys * bq_h).sum(-1) * scale, (bk.view(h, dh) * bq_h).sum(-1) * scale)
+        # keys/values with the zero and padding rows first (padding input 0: the biases), then
+        # mapped to key space in one product each (the zero row's results are always masked)
+        keys = batch.extend(k_tok[:n_tok], bk).view(-1, h, dh)
+        values = batch.extend(v_tok[:n_tok], bv).view(-1, h, dh)
+        k_ext = torch.einsum("the,hef->thf", keys * scale, wq_h)  # W^q_hᵀ K^h / √dh
+        b_ext = (keys * bq_h).sum(-1) * scale  # b^q_h·K^h / √dh
         # U_h V^h + b_U / h: every head's weights sum to 1, so the h heads add U's bias b_U once
-        b_u = self.attn.out_proj.bias / h
-        v_ext = batch.extend(torch.einsum("the,fhe->thf", values, u_h) + b_u,
-                             torch.einsum("he,fhe->hf", bv.view(h, dh), u_h) + b_u)
+        v_ext = torch.einsum("the,fhe->thf", values, u_h) + self.attn.out_proj.bias / h
         q = self.attn_layernorm(z)
         k = q.shape[1]
         p = self.dropout if self.training else 0.0
-        n_b = sum(1 for bk in batch.buckets if bk[0] < rows)
-        queries = batch.split_rows(q, n_b) if not shared else [q[bk[0] // batch.segment]
-                                                                for bk in batch.buckets[:n_b]]
-        outs = []
-        for bucket, qb, kb, bb, vb in zip(batch.buckets, queries, batch.gather(k_ext, n_b),
-                                          batch.gather(b_ext, n_b), batch.gather(v_ext, n_b)):
+        n_b = sum(1 for bucket in batch.buckets if bucket[0] < rows)
+        queries = batch.split_rows(q, n_b) if not shared else [q[bucket[0] // batch.segment]
+                                                                for bucket in batch.buckets[:n_b]]
+        choices = batch.split_rows(weights, n_b) if weights is not None else [None] * n_b
+        outs = []  # bucket by bucket to the end of the FFN: no [rows, k, d] intermediates
+        for bucket, qb, kb, bb, vb, wb in zip(batch.buckets, queries, batch.gather(k_ext, n_b),
+                                              batch.gather(b_ext, n_b), batch.gather(v_ext, n_b),
+                                              choices):
             a, b, T, _, _ = bucket
             n = b - a
             s = torch.matmul(qb, kb.view(n, (T + 1) * h, d).transpose(1, 2)).view(n, k, T + 1, h)
             s = s + bb.unsqueeze(1) + ica_bias(bucket)
             att = dropout(torch.softmax(s, dim=2), p, self.training)
-            outs.append(torch.bmm(att.view(n, k, (T + 1) * h), vb.view(n, (T + 1) * h, d)))
-        o = torch.cat(outs)
-        if shared:
-            x = (q.unsqueeze(1) + o.view(q.shape[0], -1, k, d)).view(-1, k, d)
-        else:
-            x = q + o
-        return self.ffn(x) if weights is None else self.ffn.weighted(x, weights)
+            x = torch.bmm(att.view(n, k, (T + 1) * h), vb.view(n, (T + 1) * h, d)).add_(qb)  # Q_z + MHA
+            outs.append(self.ffn(x) if wb is None else self.ffn.weighted(x, wb))
+        return torch.cat(outs)
 
 
 @register_model
