@@ -308,27 +308,41 @@ class SGPBlock(nn.Module):
 
     # -- packed form
     def forward_packed(self, x, batch: PackedBatch, seq_bias, z=None, ica_bias=None, shared=False,
-                       weights=None):
+                       weights=None, last_only=False):
         """One layer on the packed real positions ``x`` [tokens, d] of ``batch``; with centres ``z``,
-        ICA first refines them against the same layer input (:meth:`centres_packed`)."""
+        ICA first refines them against the same layer input (:meth:`centres_packed`).
+
+        ``last_only`` (the last layer: only each row's last state is used) returns the output at
+        each row's last position only, [N, d]: keys and values still come from every position,
+        but queries, U and the FFN run on N rows instead of every token.
+        """
         k_tok, v_tok = F.linear(x, *self._weights(1)), F.linear(x, *self._weights(2))
         if z is not None:
             z = self.centres_packed(z, k_tok, v_tok, batch, ica_bias, shared, weights)
         d, h = self.d, self.n_heads
-        q = self.attn_layernorm(x)
-        q_ext = batch.extend(F.linear(q, *self._weights(0)))
+        q = self.attn_layernorm(x[batch.last] if last_only else x)
+        queries = F.linear(q, *self._weights(0))
+        queries = batch.split_rows(queries) if last_only else batch.gather(batch.extend(queries))
         k_ext = batch.extend(k_tok, self._weights(1)[1])  # padding key: input 0 -> the bias
         v_ext = batch.extend(v_tok, self._weights(2)[1])
         p = self.dropout if self.training else 0.0
         outs = []
-        for (_, _, T, index, real), qb, kb, vb in zip(batch.buckets, batch.gather(q_ext),
-                                                      batch.gather(k_ext), batch.gather(v_ext)):
-            n = index.shape[0]
-            qb = qb[:, :T].reshape(n, T, h, d // h).transpose(1, 2)
+        for (a, b, T, index, real), qb, kb, vb in zip(batch.buckets, queries, batch.gather(k_ext),
+                                                      batch.gather(v_ext)):
+            n = b - a
             kb = kb.view(n, T + 1, h, d // h).transpose(1, 2)
             vb = vb.view(n, T + 1, h, d // h).transpose(1, 2)
-            out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=seq_bias(T), dropout_p=p)
-            outs.append(out.transpose(1, 2).reshape(n * T, d)[real])
+            if last_only:  # the last position sees every real position of its row
+                pos = torch.arange(T + 1, device=x.device)
+                bias = torch.where(pos < batch.lengths[a:b, None], 0.0, float("-inf"))
+                qb = qb.view(n, 1, h, d // h).transpose(1, 2)
+                out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=bias[:, None, None, :],
+                                                     dropout_p=p)
+                outs.append(out.reshape(n, d))
+            else:
+                qb = qb[:, :T].reshape(n, T, h, d // h).transpose(1, 2)
+                out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=seq_bias(T), dropout_p=p)
+                outs.append(out.transpose(1, 2).reshape(n * T, d)[real])
         h_ = q + self.attn.out_proj(torch.cat(outs))
         return self.ffn(self.ffn_layernorm(h_)), z
 
@@ -622,8 +636,9 @@ class SGP4SR(SequentialRecommender):
     def _run_packed(self, inputs: dict, lengths, centres: dict, L: int, weights=None):
         """Packed: ``inputs`` hold each branch's real positions ([tokens, d], rows sorted by
         decreasing length); ``centres`` the initial centres [k, d] per modality branch, shared by
-        every user until the first ICA. With centre-choice ``weights`` ([B, k] per modality, no
-        dropout) the returned centres are the chosen ones, ``Σ_c w_c Z_L[c]`` [B, d]."""
+        every user until the first ICA. Returns each branch's last states [B, d] (the last layer
+        computes no other position) and the final centres [B, k, d]; with centre-choice
+        ``weights`` ([B, k] per modality, no dropout) the chosen ones, ``Σ_c w_c Z_L[c]`` [B, d]."""
         B = lengths.shape[0]
         dev = lengths.device
         causal = {}
@@ -645,14 +660,15 @@ class SGP4SR(SequentialRecommender):
             for i, block in enumerate(stack):
                 last = i == len(stack) - 1
                 x, z = block.forward_packed(x, batch, seq_bias, z, ica_bias, shared,
-                                            w if last else None)
+                                            w if last else None, last_only=last)
                 shared = False
-            if z is not None and shared:  # no layers
-                z = z.repeat_interleave(B, dim=0)
-                if w is not None:
-                    z = torch.bmm(w.unsqueeze(1), z).squeeze(1)
-            n_tok = inputs[group[0]].shape[0]
-            outs.update({n: x[i * n_tok:(i + 1) * n_tok] for i, n in enumerate(group)})
+            if shared:  # no layers
+                x = x[batch.last]
+                if z is not None:
+                    z = z.repeat_interleave(B, dim=0)
+                    if w is not None:
+                        z = torch.bmm(w.unsqueeze(1), z).squeeze(1)
+            outs.update({n: x[i * B:(i + 1) * B] for i, n in enumerate(group)})
             zs.update({n: z[i * B:(i + 1) * B] for i, n in enumerate(cg)})
         return outs, zs
 
@@ -711,14 +727,15 @@ class SGP4SR(SequentialRecommender):
         else:
             outs, centres = self._run_encoders(
                 inputs, keep, {b: z.expand(B, -1, -1) for b, z in centres0.items()}, seq_bias, ica_bias)
+            outs = {n: last_of(x) for n, x in outs.items()}
 
-        users = {}
-        fused = self.id_weight * last_of(outs["cooc"])
+        users = {}  # outs: each branch's last state H^b[len - 1]
+        fused = self.id_weight * outs["cooc"]
         for b, rho in self.branches:
-            fused = fused + rho * last_of(outs[b])
+            fused = fused + rho * outs[b]
         users["s"] = self.output_layernorm(fused)  # Eq. 17
         for b, _ in self.branches:
-            h_last = last_of(outs[b])
+            h_last = outs[b]
             if self.use_cip:  # Eq. 16: add the chosen centre
                 centre = centres[b] if chosen else torch.bmm(choice[b].unsqueeze(1), centres[b]).squeeze(1)
                 h_last = h_last + self.center_weight * centre
