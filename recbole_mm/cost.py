@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -88,6 +89,14 @@ def main(argv=None):
 
     overrides = parse_overrides(rest)
     out = compare(args.model, args.dataset, overrides, args.reference, args.epochs_timed)
+    from datetime import datetime, timezone
+
+    from recbole_mm.benchmark import device_description, git_commit
+    out["provenance"] = {  # what a checked-in result file must say about itself
+        "command": "python -m recbole_mm.cost " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "commit": git_commit(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": device_description(), "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
     print(json.dumps(out, indent=2))
     print(f"{args.model} vs {args.reference} on {args.dataset}: train epoch x{out['train_ratio']}, "
           f"full-ranking eval x{out['eval_ratio']}")
