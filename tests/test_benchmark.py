@@ -235,3 +235,24 @@ def test_report_lists_planned_cells_without_results(tmp_path):
     (rec,) = rep["records"]
     assert rec["status"] == "not run" and rec["seed"] == 7 and rec["label"] == "SASRec"
     assert "| beauty__SASRec__seed7__0123456789 | not run |" in rep["markdown"]
+
+
+def test_cost_tool_ratios_and_provenance(tiny_root, tmp_path):
+    from recbole_mm import cost
+
+    out_file = tmp_path / "cost.json"
+    rc = cost.main(["--model=SGP4SR", "--dataset=mm_sample", f"--json={out_file}", "--eval_repeats=2",
+                    f"--data_path={tiny_root}", "--hidden_size=16", "--n_layers=1", "--n_heads=2",
+                    "--means_k=4", "--knn_k=3", "--train_batch_size=64", "--eval_batch_size=64"])
+    assert rc == 0
+    out = json.load(open(out_file))
+    for side in ("model", "reference"):
+        m = out[side]
+        assert len(m["eval_all_s"]) == 2 and m["eval_s"] == min(m["eval_all_s"])
+        assert m["train_epoch_s"] > 0 and "ndcg@10" in m["test_result"]
+    assert out["model"]["model"] == "SGP4SR" and out["reference"]["model"] == "SASRec"
+    assert out["train_ratio"] == pytest.approx(
+        out["model"]["train_epoch_s"] / out["reference"]["train_epoch_s"], rel=1e-2)
+    prov = out["provenance"]
+    assert prov["command"].startswith("python -m recbole_mm.cost --model=SGP4SR")
+    assert prov["commit"] and prov["date"] and prov["device"].startswith("cpu")
