@@ -832,13 +832,26 @@ def markdown_report(records, rows, meta) -> str:
     else:
         lines.append("No paper reports numbers for these dataset/model pairs.")
     lines.append("")
+    def _slot(r):  # what a cell measures: a finished rerun of the same slot supersedes it
+        return (r["dataset"], r["label"], (r.get("noise") or [None])[0], _noise_level(r),
+                r.get("seed"))
+
+    done = {_slot(r) for r in records if r.get("status") == CELL_STATUS_DONE}
     bad = [r for r in records if r.get("status") != CELL_STATUS_DONE]
+    superseded = [r for r in bad if _slot(r) in done]
+    bad = [r for r in bad if _slot(r) not in done]
+    if bad or superseded:
+        lines += ["## Not run / failed", ""]
     if bad:
-        lines += ["## Not run / failed", "", "| cell | status | reason |", "|---|---|---|"]
+        lines += ["| cell | status | reason |", "|---|---|---|"]
         for r in bad:
             reason = str(r.get("reason") or "").replace("|", "/").replace("\n", " ")
             lines.append(f"| {r['cell_id']} | {r.get('status')} | {reason} |")
         lines.append("")
+    if superseded:
+        lines += [f"{len(superseded)} earlier cell(s) not run or failed were superseded by a "
+                  "finished run of the same model, dataset and seed (other overrides): "
+                  + ", ".join(f"{r['cell_id']} ({r.get('status')})" for r in superseded) + ".", ""]
     return "\n".join(lines)
 
 

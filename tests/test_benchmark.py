@@ -237,6 +237,22 @@ def test_report_lists_planned_cells_without_results(tmp_path):
     assert "| beauty__SASRec__seed7__0123456789 | not run |" in rep["markdown"]
 
 
+def test_report_folds_cells_superseded_by_a_finished_rerun():
+    """A failed or unreached cell is listed as such unless the same model, dataset and seed
+    finished in another cell of the folder (e.g. rerun with fewer epochs)."""
+    base = {"dataset": "beauty", "model": "BERT4Rec", "label": "BERT4Rec", "seed": 1}
+    recs = [dict(base, cell_id="beauty__BERT4Rec__seed1__aaaa", status="failed",
+                 reason="timed out after 9.0 s"),
+            dict(base, cell_id="beauty__BERT4Rec__seed1__bbbb", status="ok",
+                 test_result={"recall@10": 0.1}),
+            dict(base, cell_id="beauty__BERT4Rec__seed2__cccc", seed=2, status="not run",
+                 reason="no result file")]
+    md = bm.markdown_report(recs, bm.summarize(recs), {"name": "s"})
+    assert "| beauty__BERT4Rec__seed2__cccc | not run |" in md
+    assert "| beauty__BERT4Rec__seed1__aaaa |" not in md
+    assert "superseded" in md and "beauty__BERT4Rec__seed1__aaaa (failed)" in md
+
+
 def test_cost_tool_ratios_and_provenance(tiny_root, tmp_path):
     from recbole_mm import cost
 
