@@ -212,6 +212,27 @@ def test_noise_table_and_curve_from_records(tmp_path):
     assert os.path.join(str(tmp_path), "noise_baby.png") in pngs
 
 
+def test_noise_levels_compare_with_clean_runs_of_the_same_seeds(tmp_path):
+    """Clean runs with seeds 1-3, a noisy level with seed 1 only: its change is measured
+    against seed 1's clean run, not the three-seed mean; the paper's Baby drop is marked
+    on another dataset's curve."""
+    recs = []
+    for seed, v in ((1, 0.10), (2, 0.20), (3, 0.30)):
+        recs.append({"cell_id": f"c{seed}", "dataset": "sci", "label": "MISSRec",
+                     "model": "MISSRec", "seed": seed, "status": "ok", "noise": None,
+                     "test_result": {"recall@10": v}})
+    recs.append({"cell_id": "n1", "dataset": "sci", "label": "MISSRec", "model": "MISSRec",
+                 "seed": 1, "status": "ok", "noise": ["image", 0.5],
+                 "test_result": {"recall@10": 0.09}})
+    rows = bm.summarize(recs)
+    noisy = next(r for r in rows if r["noise"])
+    assert bm.seed_matched_clean(recs, noisy, "recall@10") == pytest.approx(0.10)
+    md = bm.markdown_report(recs, rows, {"name": "n"})
+    assert "| MISSRec | 0.5 | 0.0900 | -10.0% |" in md
+    assert bm.noise_paper_drops("MISSRec", "recall@10") == [(0.5, "Baby", pytest.approx(-0.2948))]
+    assert os.path.join(str(tmp_path), "noise_sci.png") in bm.make_plots(recs, rows, str(tmp_path))
+
+
 def test_meta_keeps_the_union_of_grids_and_every_command(tmp_path):
     out = str(tmp_path)
     bm._merge_meta(out, {"command": "a", "date": "d1", "commit": "c", "device": "cpu",

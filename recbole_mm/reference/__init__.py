@@ -53,9 +53,10 @@ def _canon(metric: str) -> str:
     return f"{_EQUIVALENT.get(base, base)}@{k}" if k else base
 
 
-def lookup(dataset: str, model: str, metric: str, compare_only: bool = True,
+def lookup(dataset: str | None, model: str, metric: str, compare_only: bool = True,
            paper: str | None = None) -> list[dict]:
-    """Reported numbers for a recbole_mm dataset and model (hit@K matches recall@K).
+    """Reported numbers for a recbole_mm dataset (``None``: any) and model (hit@K matches
+    recall@K).
 
     ``compare_only`` keeps the rows meant for side-by-side comparison (main tables, full
     setting); pass ``False`` to get ablations and other settings too.
@@ -63,7 +64,8 @@ def lookup(dataset: str, model: str, metric: str, compare_only: bool = True,
     want = _canon(metric)
     out = []
     for r in load(paper):
-        if r["our_dataset"] != dataset or r["our_model"].lower() != str(model).lower():
+        if ((dataset is not None and r["our_dataset"] != dataset)
+                or r["our_model"].lower() != str(model).lower()):
             continue
         if compare_only and not r["compare"]:
             continue
