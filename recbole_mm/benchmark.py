@@ -645,12 +645,16 @@ def _latest_per_seed(records) -> list:
     return [r for r in records if latest.get(r.get("seed")) is r]
 
 
+def _group_key(r) -> tuple:
+    """What a cell measures, seeds aside: (dataset, label, noise modality, noise level)."""
+    return r["dataset"], r["label"], (r.get("noise") or [None])[0], _noise_level(r)
+
+
 def summarize(records) -> list[dict]:
     """One row per (dataset, label, noise level): mean and sample std over the seeds."""
     groups = {}
     for r in records:
-        key = (r["dataset"], r["label"], (r.get("noise") or [None])[0], _noise_level(r))
-        groups.setdefault(key, []).append(r)
+        groups.setdefault(_group_key(r), []).append(r)
     metrics = metric_names(records)
     rows = []
     for (dataset, label, noise_mod, noise_lvl), recs in groups.items():
@@ -856,14 +860,11 @@ def markdown_report(records, rows, meta) -> str:
     else:
         lines.append("No paper reports numbers for these dataset/model pairs.")
     lines.append("")
-    def _slot(r):  # what a cell measures: a finished rerun of the same slot supersedes it
-        return (r["dataset"], r["label"], (r.get("noise") or [None])[0], _noise_level(r),
-                r.get("seed"))
-
-    done = {_slot(r) for r in records if r.get("status") == CELL_STATUS_DONE}
+    # a finished run of the same slot (group and seed, other overrides) supersedes a failed cell
+    done = {(_group_key(r), r.get("seed")) for r in records if r.get("status") == CELL_STATUS_DONE}
     bad = [r for r in records if r.get("status") != CELL_STATUS_DONE]
-    superseded = [r for r in bad if _slot(r) in done]
-    bad = [r for r in bad if _slot(r) not in done]
+    superseded = [r for r in bad if (_group_key(r), r.get("seed")) in done]
+    bad = [r for r in bad if (_group_key(r), r.get("seed")) not in done]
     if bad or superseded:
         lines += ["## Not run / failed", ""]
     if bad:
@@ -947,11 +948,9 @@ def make_plots(records, rows, out_dir, metrics=None) -> list[str]:
             fig.savefig(p, dpi=110)
             plt.close(fig)
             written.append(p)
-        noisy_labels = sorted({r["label"] for r in rows if r["dataset"] == ds and r["noise_modality"]
-                               and r["n_ok"]})
+        noisy_rows = [r for r in rows if r["dataset"] == ds and r["noise_modality"] and r["n_ok"]]
+        noisy_labels = sorted({r["label"] for r in noisy_rows})
         if noisy_labels and metrics:
-            noisy_rows = [r for r in rows if r["dataset"] == ds and r["noise_modality"]
-                          and r["n_ok"]]
             measured = [m for m in metrics if any(r.get(m) is not None for r in noisy_rows)]
             m0 = [m for m in measured if m.startswith(("recall@10", "hit@10"))] or measured[:1]
             mets = m0 + [m for m in measured if m.startswith("ndcg@10")]
