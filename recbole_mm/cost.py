@@ -26,11 +26,11 @@ def measure(model_name: str, dataset: str, overrides: dict, epochs: int = 1,
             eval_repeats: int = 3) -> dict:
     """Train ``epochs`` epoch(s), then run the full-ranking test evaluation ``eval_repeats`` times;
     return timings (s): the fastest epoch and the fastest evaluation (the least disturbed ones)."""
-    from recbole.data import data_preparation
     from recbole.utils import init_logger, init_seed
 
     from recbole_mm import registry
     from recbole_mm.config import MMConfig
+    from recbole_mm.data.batching import data_preparation
     from recbole_mm.quick_start import create_dataset
 
     cfg = {"state": "WARNING", "show_progress": False, **overrides}

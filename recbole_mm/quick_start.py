@@ -8,12 +8,12 @@ import logging
 import sys
 from logging import getLogger
 
-from recbole.data import data_preparation
 from recbole.utils import init_logger, init_seed, set_color
 
 from recbole_mm import registry
 from recbole_mm.compat import load_checkpoint
 from recbole_mm.config import MMConfig
+from recbole_mm.data.batching import data_preparation
 from recbole_mm.evaluation import apply_eval_options
 
 

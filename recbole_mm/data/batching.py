@@ -1,0 +1,236 @@
+"""Padding-free batches for every sequential model: length buckets and trimmed history fields.
+
+RecBole pads every history to ``MAX_ITEM_LIST_LENGTH`` and draws training rows at random, so a
+batch of 512 rows whose histories hold 3 items on average still carries 50 positions per row.
+With right padding (RecBole's layout: items at positions ``0 .. len-1``, zeros after), the
+positions after a row's last item never change what a causal or padding-masked encoder computes
+at its real positions, so they can be dropped:
+
+* **trimming** - every per-position field of a batch (``item_id_list``, any other ``*_list``
+  field, anything a dataset declares in ``position_fields``) is cut to the longest history in
+  that batch. Validation and test batches are trimmed the same way.
+* **length buckets** (training) - each epoch the rows are shuffled (from the run's seed), sorted
+  by history length inside windows of ``bucket_window`` batches (0 = the whole epoch; ties keep
+  the random order), cut into batches of ``train_batch_size`` and the batch order is shuffled, so
+  a batch holds histories of similar length and little is left to pad.
+* evaluation rows are ordered by history length (the metrics are means over rows, so the order of
+  rows does not change them).
+
+``trim_padding: false`` restores RecBole's own loaders (``TrainDataLoader`` and
+``FullSortEvalDataLoader``, padded path) exactly; ``bucket_by_length: false`` keeps RecBole's
+random batches but still trims them. A model for which trimming is not exact sets the class
+attribute ``trim_exact = False`` (with the reason in its docs page); its batches keep their full
+width. Everything here works on the batch :class:`~recbole.data.interaction.Interaction` before
+RecBole's transforms (BERT4Rec's masking) run, so those see the trimmed rows.
+"""
+from __future__ import annotations
+
+from logging import getLogger
+
+import numpy as np
+import torch
+from recbole.data.dataloader.general_dataloader import FullSortEvalDataLoader, TrainDataLoader
+from recbole.utils import ModelType
+
+
+class BatchError(ValueError):
+    """A batch or a batching setting that cannot be used (names the key and the model)."""
+
+
+def trimming_enabled(config) -> bool:
+    """Whether the plugin's trimmed loaders are used for ``config`` (sequential models only)."""
+    if config["MODEL_TYPE"] != ModelType.SEQUENTIAL or config["trim_padding"] is False:
+        return False
+    from recbole_mm import registry
+
+    return getattr(registry.get_model(config["model"]), "trim_exact", True) is not False
+
+
+def position_fields(dataset, interaction) -> list[str]:
+    """Names of the fields of ``interaction`` aligned to the history (``[B, L, ...]``, L = the
+    width of ``item_id_list``): every ``*<LIST_SUFFIX>`` field, plus the dataset's own
+    ``extra_position_fields``."""
+    list_field = dataset.item_id_list_field
+    width = interaction[list_field].shape[1]
+    suffix = dataset.config["LIST_SUFFIX"]
+    extra = set(getattr(dataset, "extra_position_fields", ()) or ())
+    out = []
+    for name in interaction.columns:
+        value = interaction[name]
+        if value.dim() < 2 or value.shape[1] != width:
+            continue
+        if name.endswith(suffix) or name in extra:
+            out.append(name)
+    return out
+
+
+def trim_interaction(dataset, interaction, model_name: str = "?"):
+    """Cut every history-aligned field of ``interaction`` to its longest history (in place)."""
+    lengths = interaction[dataset.item_list_length_field]
+    if len(lengths) == 0:
+        return interaction
+    longest = int(lengths.max())
+    if longest <= 0:
+        raise BatchError(
+            f"{model_name}: every history in this batch is empty "
+            f"('{dataset.item_list_length_field}' is 0 for all {len(lengths)} rows); a sequential "
+            f"model needs at least one item of history per row. Check the split of dataset "
+            f"'{dataset.dataset_name}' (MAX_ITEM_LIST_LENGTH, eval_args).")
+    width = interaction[dataset.item_id_list_field].shape[1]
+    if longest >= width:
+        return interaction
+    for name in position_fields(dataset, interaction):
+        interaction[name] = interaction[name][:, :longest]
+    return interaction
+
+
+def length_buckets(lengths: np.ndarray, batch_size: int, generator: torch.Generator,
+                   window: int = 0) -> list[np.ndarray]:
+    """One epoch of batches of row indices, grouped by ``lengths``.
+
+    Rows are permuted with ``generator``; inside each window of ``window * batch_size`` rows
+    (``window <= 0``: all rows) they are sorted by length (stable, so equal lengths stay in random
+    order) and cut into batches of ``batch_size``; the order of all batches is then permuted.
+    Every row appears exactly once.
+    """
+    n = len(lengths)
+    if n == 0:
+        return []
+    perm = torch.randperm(n, generator=generator).numpy()
+    span = n if window <= 0 else max(1, window) * batch_size
+    batches = []
+    for start in range(0, n, span):
+        part = perm[start:start + span]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches.extend(part[i:i + batch_size] for i in range(0, len(part), batch_size))
+    order = torch.randperm(len(batches), generator=generator).numpy()
+    return [batches[i] for i in order]
+
+
+class _TrimmedLoader:
+    """What the plugin's training and evaluation loaders share: a precomputed list of batches of
+    row indices (``_epoch_batches``), collated and trimmed in the main process."""
+
+    def _setup_trimming(self):
+        from recbole_mm import registry
+
+        self._model_name = str(self.config["model"])
+        self._model_class = registry.get_model(self.config["model"])
+
+    def _trim(self, data):
+        return trim_interaction(self._dataset, data, self._model_name)
+
+    def _shard(self, batches: list) -> list:
+        """Distributed runs: every rank gets the same number of batches (RecBole's
+        ``DistributedSampler`` also repeats rows to even the ranks out)."""
+        if self.config["single_spec"]:
+            return batches
+        ws, rank = int(self.config["world_size"]), int(self.config["local_rank"])
+        if len(batches) % ws:
+            batches = batches + batches[: ws - len(batches) % ws]
+        return batches[rank::ws]
+
+    def __iter__(self):
+        for index in self._epoch_batches():
+            yield self.collate_fn(index)
+
+    def __len__(self):
+        return len(self._batch_plan())
+
+
+class BucketedTrainDataLoader(_TrimmedLoader, TrainDataLoader):
+    """RecBole's ``TrainDataLoader`` with length-bucketed batches cut to their longest history.
+
+    Negative sampling and transforms are RecBole's own (``collate_fn``), run on the trimmed rows.
+    """
+
+    def __init__(self, config, dataset, sampler, shuffle=False):
+        super().__init__(config, dataset, sampler, shuffle=shuffle)
+        self._setup_trimming()
+        self._lengths = dataset.inter_feat[dataset.item_list_length_field].numpy()
+        self._bucket = config["bucket_by_length"] is not False
+        self._window = int(config["bucket_window"] or 0)
+        self._bucket_gen = torch.Generator()
+        self._bucket_gen.manual_seed(int(config["seed"]))
+
+    def _batch_plan(self):
+        n, step = self.sample_size, self.step
+        if self._bucket and self.shuffle and self._window > 0:
+            span = self._window * step
+            sizes = [min(span, n - s) for s in range(0, n, span)]
+        else:
+            sizes = [n]
+        return self._shard([None] * sum(-(-k // step) for k in sizes))
+
+    def _epoch_batches(self):
+        step = self.step
+        if self._bucket and self.shuffle:
+            batches = length_buckets(self._lengths, step, self._bucket_gen, self._window)
+        else:
+            idx = (torch.randperm(self.sample_size, generator=self._bucket_gen).numpy()
+                   if self.shuffle else np.arange(self.sample_size))
+            batches = [idx[i:i + step] for i in range(0, len(idx), step)]
+        return self._shard(batches)
+
+    def collate_fn(self, index):
+        index = np.asarray(index)
+        data = self._trim(self._dataset[index])
+        return self._neg_sampling(self.transform(self._dataset, data))
+
+
+class TrimmedFullSortEvalDataLoader(_TrimmedLoader, FullSortEvalDataLoader):
+    """RecBole's ``FullSortEvalDataLoader`` (sequential models) with rows ordered by history
+    length and every batch cut to its longest history."""
+
+    def __init__(self, config, dataset, sampler, shuffle=False):
+        super().__init__(config, dataset, sampler, shuffle=shuffle)
+        self._setup_trimming()
+        lengths = dataset.inter_feat[dataset.item_list_length_field].numpy()
+        self._order = np.argsort(lengths, kind="stable")
+
+    def _batch_plan(self):
+        return self._epoch_batches()
+
+    def _epoch_batches(self):
+        step = self.step
+        batches = [self._order[i:i + step] for i in range(0, len(self._order), step)]
+        return self._shard(batches)
+
+    def collate_fn(self, index):
+        index = np.asarray(index)
+        interaction = self._trim(self._dataset[index])
+        interaction = self.transform(self._dataset, interaction)
+        positive_u = torch.arange(len(interaction))
+        return interaction, None, positive_u, interaction[self.iid_field]
+
+
+def data_preparation(config, dataset):
+    """RecBole's ``data_preparation`` with the plugin's trimmed loaders for sequential models (see
+    the module docstring). ``trim_padding: false``, a model with ``trim_exact = False``, or saved
+    dataloaders (``save_dataloaders``) take RecBole's function unchanged."""
+    from recbole.data import data_preparation as rb_data_preparation
+    from recbole.data.utils import create_samplers, get_dataloader, load_split_dataloaders
+
+    if not trimming_enabled(config) or config["save_dataloaders"] or load_split_dataloaders(config):
+        if config["MODEL_TYPE"] == ModelType.SEQUENTIAL and config["trim_padding"] is not False \
+                and not trimming_enabled(config):
+            getLogger().info(f"{config['model']} declares trim_exact = False: its batches keep "
+                             f"the full width ({config['MAX_ITEM_LIST_LENGTH']}).")
+        return rb_data_preparation(config, dataset)
+    built = dataset.build()
+    samplers = create_samplers(config, dataset, built)
+    loaders = []
+    for phase, ds, sampler in zip(("train", "valid", "test"), built, samplers):
+        cls = TRIMMED.get(get_dataloader(config, phase), get_dataloader(config, phase))
+        shuffle = config["shuffle"] if phase == "train" else False
+        loaders.append(cls(config, ds, sampler, shuffle=shuffle))
+    getLogger().info(
+        f"[Batching]: {type(loaders[0]).__name__} / {type(loaders[1]).__name__}: histories cut "
+        f"to each batch's longest (trim_padding), training rows bucketed by length: "
+        f"{config['bucket_by_length'] is not False}")
+    return tuple(loaders)
+
+
+#: RecBole loader -> the plugin's trimmed counterpart.
+TRIMMED = {TrainDataLoader: BucketedTrainDataLoader,
+           FullSortEvalDataLoader: TrimmedFullSortEvalDataLoader}
