@@ -278,10 +278,8 @@ def test_causal_and_padding_invariance(build):
     out, _ = model(seq, lens, tables)
     longer = torch.cat([seq, torch.zeros(2, 4, dtype=torch.long)], 1)
     out2, _ = model(longer, lens, tables)
-    assert torch.allclose(out["image"], out2["image"], atol=1e-6)
-    model.trim_padding = False  # the full-width pass gives the same sequence vectors
-    out3, _ = model(longer, lens, tables)
-    assert torch.allclose(out["text"], out3["text"], atol=1e-5)
+    assert torch.allclose(out["image"], out2["image"], atol=1e-5)
+    assert torch.allclose(out["text"], out2["text"], atol=1e-5)
 
 
 # ---------------------------------------------------------------------- phases (spec 10.8-10)

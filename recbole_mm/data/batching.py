@@ -46,6 +46,16 @@ def trimming_enabled(config) -> bool:
     return getattr(registry.get_model(config["model"]), "trim_exact", True) is not False
 
 
+def padded_width(dataset) -> int:
+    """The width RecBole pads ``dataset``'s histories to (``MAX_ITEM_LIST_LENGTH``, or the files'
+    own width when shorter), capped at ``MAX_ITEM_LIST_LENGTH``. A model whose computation counts
+    padding positions, or draws random numbers per position, uses this instead of the width of the
+    batch it gets, so a trimmed batch gives what the padded one gives."""
+    width = int(dataset.field2seqlen.get(dataset.item_id_list_field, 0) or 0)
+    cap = int(dataset.config["MAX_ITEM_LIST_LENGTH"])
+    return min(width, cap) if width > 0 else cap
+
+
 def position_fields(dataset, interaction) -> list[str]:
     """Names of the fields of ``interaction`` aligned to the history (``[B, L, ...]``, L = the
     width of ``item_id_list``): every ``*<LIST_SUFFIX>`` field, plus the dataset's own

@@ -96,7 +96,6 @@ class DeCoRec(SequentialRecommender):
         self.retrieval = _choice(config, "retrieval", RETRIEVALS, "cross")
         self.compat_pad_in_softmax = bool(_get(config, "compat_pad_in_softmax", False))
         self.use_position_embedding = bool(_get(config, "use_position_embedding", False))
-        self.trim_padding = bool(_get(config, "trim_padding", True))
 
         self.streams = list(_get(config, "stream_modalities", ["text", "image"]))
         if not 1 <= len(self.streams) <= 2 or len(set(self.streams)) != len(self.streams):
@@ -292,10 +291,6 @@ class DeCoRec(SequentialRecommender):
     def forward(self, item_seq, item_seq_len, tables=None):
         """Sequence vectors ``h_m`` [B, d] per stream (Eqs. 9, 11) and the item tables used."""
         tables = self.item_tables() if tables is None else tables
-        # RecBole right-pads to MAX_ITEM_LIST_LENGTH: drop the all-padding tail columns (exact:
-        # causal attention never lets a valid position see them)
-        if self.trim_padding:
-            item_seq = item_seq[:, : max(1, int(item_seq_len.max()))]
         out = {}
         for m in self.streams:
             hidden = self.encode(item_seq, tables[m])

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
+from recbole_mm.data.batching import padded_width
 from recbole_mm.model.mmsr_backbones import build_backbone
 from recbole_mm.model.mmsr_data import MMSRDataset
 from recbole_mm.model.mmsr_towers import ItemTower
@@ -30,6 +31,7 @@ class MMSR(SequentialRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
+        self.padded_width = padded_width(dataset)  # negatives are drawn at this width
         self.hidden_size = int(config["hidden_size"])
         if (config["loss_type"] or "BCE_dense") != "BCE_dense":
             raise ValueError(f"MMSR trains with loss_type BCE_dense (the paper's loss), got "
@@ -85,12 +87,18 @@ class MMSR(SequentialRecommender):
         """One uniform item in ``[1, n_items)`` per valid position, redrawn while it is in the
         user's sequence (history or target); padding positions get 0."""
         seen = torch.cat([item_seq, targets], dim=1)  # [B, 2L]
-        neg = torch.randint(1, self.n_items, targets.shape, device=targets.device)
+        B, L = targets.shape
+        width = max(self.padded_width, L)
+
+        def draw():  # drawn at the padded width, so a trimmed batch gets the same negatives
+            return torch.randint(1, self.n_items, (B, width), device=targets.device)[:, :L]
+
+        neg = draw()
         for _ in range(self.neg_max_tries):
             bad = (neg[:, :, None] == seen[:, None, :]).any(-1) & valid
             if not bad.any():
                 break
-            neg = torch.where(bad, torch.randint(1, self.n_items, targets.shape, device=targets.device), neg)
+            neg = torch.where(bad, draw(), neg)
         return neg * valid
 
     def calculate_loss(self, interaction):
@@ -136,4 +144,5 @@ class MMSR(SequentialRecommender):
         if self.mask_history:  # the paper ranks only items outside the input sequence
             item_seq = interaction[self.ITEM_SEQ]
             scores = scores.scatter(1, item_seq, float("-inf"))
+        scores[:, 0] = float("-inf")  # padding is never recommended (RecBole's evaluation agrees)
         return scores

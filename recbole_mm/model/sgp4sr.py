@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 
+from recbole_mm.data.batching import padded_width
 from recbole_mm.data import graphs
 from recbole_mm.model.layers import (Dropout, ModalityAdapter, dropout, gumbel_softmax_choice,
                                      sparse_propagate)
@@ -435,6 +436,9 @@ class SGP4SR(SequentialRecommender):
             raise ValueError(f"SGP4SR: ica_mask must be one of {ICA_MASKS}, got {self.ica_mask_mode!r}.")
         self.share_encoder = bool(config["share_encoder"])
         self.trim_padding = config["trim_padding"] is not False
+        # positions RecBole pads to: the padding keys a centre sees are counted at this width, so a
+        # batch trimmed by recbole_mm.data.batching gives what the padded batch gives
+        self.padded_width = padded_width(dataset)
 
         image, text = config["image_modality"], config["text_modality"]
         self.modality_names = {"image": image, "text": text}
@@ -681,10 +685,12 @@ class SGP4SR(SequentialRecommender):
         (``test_trimmed_padding_equals_full_width``).
         """
         tables = self.item_tables() if tables is None else tables
-        L = item_seq.shape[1]
+        L = max(self.padded_width, item_seq.shape[1]) if self.trim_padding else item_seq.shape[1]
         B = item_seq.shape[0]
         if self.trim_padding:
             order = torch.argsort(item_seq_len, descending=True, stable=True)
+            inverse = torch.empty_like(order)
+            inverse[order] = torch.arange(B, device=order.device)
             lengths = item_seq_len[order]
             pack = PackedBatch(lengths)
             items = pack.pack(item_seq[order])
@@ -716,9 +722,13 @@ class SGP4SR(SequentialRecommender):
                 init = torch.sparse.mm(getattr(self, f"centre_map_{b}"), src)
                 centres0[b] = self.emb_dropout(self.scale_mm * init)  # k x d
                 # Eq. 15: Gumbel-softmax over centres, logits X^m_0 (Z^m_0)ᵀ (B x k)
-                choice[b] = gumbel_softmax_choice(last_of(inputs[b]) @ centres0[b].t(),
-                                                  tau=self.gumbel_tau,
+                logits = last_of(inputs[b]) @ centres0[b].t()
+                if self.trim_padding:  # Gumbel noise drawn in the caller's row order
+                    logits = logits[inverse]
+                choice[b] = gumbel_softmax_choice(logits, tau=self.gumbel_tau,
                                                   stochastic=self.training or self.gumbel_eval)
+                if self.trim_padding:
+                    choice[b] = choice[b][order]
         chosen = False  # whether the encoders return Σ_c w_c Z_L[c] (evaluation, packed)
         if self.trim_padding:
             chosen = not (self.training and self.dropout_prob > 0)
@@ -741,8 +751,6 @@ class SGP4SR(SequentialRecommender):
                 h_last = h_last + self.center_weight * centre
             users[b] = self.output_layernorm(h_last)
         if self.trim_padding:  # back to the caller's row order
-            inverse = torch.empty_like(order)
-            inverse[order] = torch.arange(B, device=order.device)
             users = {k: u[inverse] for k, u in users.items()}
         return users, tables
 

@@ -150,7 +150,6 @@ class SICSRec(SequentialRecommender):
         self.item_dropout_prob = float(c["item_dropout"])
         self.predict_item_norm = bool(c["predict_item_norm"])
         self.false_negative = c["concl_false_negative"] or "exclude"
-        self.trim_padding = c["trim_padding"] is not False
         self.use_imse = c["use_imse"] is not False
         self.use_cmse = c["use_cmse"] is not False
         self.use_mmsd = c["use_mmsd"] is not False
@@ -419,8 +418,6 @@ class SICSRec(SequentialRecommender):
         and the user vector ``h`` (ĥ in step 2, ``h_e`` in ID step 1); with ``full`` also the
         whole sequences ``H_e, H_<stream>, H_m`` (otherwise only the last position is computed
         where nothing else needs the others - same ``h``)."""
-        if self.trim_padding:  # right padding + causal mask: trailing pads never change outputs
-            item_seq = item_seq[:, : max(int(item_seq_len.max()), 1)]
         mask = self.get_attention_mask(item_seq)
         pos = self._positions(item_seq)
         last = item_seq_len - 1
