@@ -9,6 +9,11 @@ the dataset name) and its files start with ``file_prefix`` (default: the dataset
 searched in order: ``data_path`` when the user sets it, else ``$RECBOLE_MM_DATA`` (``:``-separated),
 ``./dataset``, ``<project>/dataset`` and ``<project>/../shared/data``. ``config['data_path']`` is
 the resolved folder, as RecBole expects.
+
+MMRec folders: a dataset yaml may name its MMRec folder (``mmrec_dir: baby``). The first root
+holding ``<root>/<mmrec_dir>`` (with MMRec's ``i_id_mapping.csv`` or ``<mmrec_dir>.inter``) is
+``config['mmrec_path']``: feature files missing from the dataset folder are looked up there under
+their MMRec names, and when no root has ``<dataset_dir>`` the MMRec folder is the dataset folder.
 """
 from __future__ import annotations
 
@@ -63,6 +68,22 @@ def resolve_data_folder(dataset: str, dataset_dir: str | None, user_root: str | 
     return os.path.join(roots[0], sub)
 
 
+def find_mmrec_folder(mmrec_dir: str | None, user_root: str | None) -> str | None:
+    """``<root>/<mmrec_dir>`` of the first data root holding an MMRec folder, else None."""
+    from recbole_mm.data.features import MMREC_ITEM_MAP
+
+    if not mmrec_dir:
+        return None
+    name = os.path.basename(os.path.normpath(mmrec_dir))
+    candidates = ([mmrec_dir] if os.path.isabs(mmrec_dir)
+                  else [os.path.join(root, mmrec_dir) for root in data_roots(user_root)])
+    for folder in candidates:
+        if (os.path.isfile(os.path.join(folder, MMREC_ITEM_MAP))
+                or os.path.isfile(os.path.join(folder, f"{name}.inter"))):
+            return folder
+    return None
+
+
 class MMConfig(Config):
     """RecBole ``Config`` for plugin and built-in models on plugin datasets."""
 
@@ -81,6 +102,10 @@ class MMConfig(Config):
         super()._set_default_parameters()
         folder = resolve_data_folder(self.dataset, self.final_config_dict.get("dataset_dir"),
                                      user_root)
+        mmrec = find_mmrec_folder(self.final_config_dict.get("mmrec_dir"), user_root)
+        if not os.path.isdir(folder) and mmrec:
+            folder = mmrec  # only the MMRec folder is there: its <name>.inter is the split
+        self.final_config_dict["mmrec_path"] = mmrec
         if not os.path.isdir(folder) and self.dataset not in registry.known_datasets():
             raise registry.UnknownNameError(
                 f"Unknown dataset '{self.dataset}': no folder '{os.path.basename(folder)}' under "

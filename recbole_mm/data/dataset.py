@@ -8,6 +8,11 @@ What it adds to RecBole (everything else is RecBole's own code path):
   UniSRec-style benchmark files ``<prefix>.{train,valid,test}.inter`` (``benchmark_filename``;
   ``benchmark_rebuild_train: true`` rebuilds a missing train file from the valid rows), and a
   plain sequence file (``sequence_file``: ``user item item ...`` per line, in time order);
+* MMRec folders read as they are: MMRec's ``<prefix>.inter`` (``userID itemID rating timestamp
+  x_label``, tab-separated) is split by its label column (0 train, 1 valid, 2 test) into the
+  benchmark layout, and MMRec feature files (``mmrec_file:`` of a modality, e.g.
+  ``text_feat.npy``) are read with ``i_id_mapping.csv`` as their row -> item map, checked against
+  the split's items;
 * any number of named modality matrices (``modalities`` in the yaml), aligned to internal item
   ids (:mod:`recbole_mm.data.features`) and exposed as ``modality_features`` / ``modality_present``;
   modalities named in ``selected_features`` are also added to ``item_feat`` as numerical
@@ -28,7 +33,14 @@ from recbole.data.interaction import Interaction
 from recbole.utils import FeatureSource, FeatureType
 
 from recbole_mm.data.cache import DerivedCache
-from recbole_mm.data.features import FeatureFileError, align_feature
+from recbole_mm.data.features import (MMREC_ITEM_MAP, FeatureFileError, align_feature,
+                                      check_item_map, read_item_map)
+
+# MMRec's interaction columns (its dataset yamls: USER_ID_FIELD, ITEM_ID_FIELD, TIME_FIELD) and
+# split label (inter_splitting_label); the feature files of an MMRec folder.
+MMREC_COLUMNS = {"user": "userID", "item": "itemID", "time": "timestamp"}
+MMREC_LABEL = "x_label"
+MMREC_FEATURES = {"text": "text_feat.npy", "image": "image_feat.npy"}
 
 
 class DatasetFilesError(ValueError):
@@ -40,6 +52,7 @@ class MMSequentialDataset(SequentialDataset):
 
     def __init__(self, config):
         self.split_name = None
+        self.mmrec_split_file = None  # MMRec <prefix>.inter the split was read from, if any
         self.modality_features: dict[str, torch.Tensor] = {}
         self.modality_present: dict[str, torch.Tensor] = {}
         self.missing_modalities: dict[str, tuple] = {}  # optional modalities whose file is absent
@@ -85,6 +98,10 @@ class MMSequentialDataset(SequentialDataset):
         if seq_file:
             self.inter_feat = self._load_sequence_file(os.path.join(dataset_path, seq_file))
             return
+        mmrec = self._mmrec_split_path(token, dataset_path)
+        if mmrec:
+            self._load_mmrec_split(mmrec, self.config["inter_splitting_label"] or MMREC_LABEL)
+            return
         if self.benchmark_filename_list is None:
             path = os.path.join(dataset_path, f"{token}.inter")
             if not os.path.isfile(path):
@@ -106,6 +123,101 @@ class MMSequentialDataset(SequentialDataset):
             )
         super()._load_inter_feat(token, dataset_path)
         self._truncate_histories()
+
+    def _mmrec_split_path(self, token, dataset_path):
+        """MMRec's ``<prefix>.inter`` when it is the split to read: always when
+        ``inter_splitting_label`` is set, else when its header is MMRec's (untyped columns with an
+        ``x_label``) and the benchmark files are not there."""
+        path = os.path.join(dataset_path, f"{token}.inter")
+        if self.config["inter_splitting_label"]:
+            if not os.path.isfile(path):
+                raise DatasetFilesError(
+                    f"inter_splitting_label is set but {path} does not exist. "
+                    f"{self._expected_files_hint()}"
+                )
+            return path
+        if not os.path.isfile(path):
+            return None
+        if self.benchmark_filename_list and all(
+                os.path.isfile(os.path.join(dataset_path, f"{token}.{b}.inter"))
+                for b in self.benchmark_filename_list):
+            return None
+        with open(path, encoding="utf-8") as f:
+            header = f.readline().rstrip("\r\n").split("\t")
+        if MMREC_LABEL in header and not any(":" in h for h in header):
+            return path
+        return None
+
+    def _load_mmrec_split(self, path, label):
+        """MMRec ``<prefix>.inter`` -> benchmark rows: each interaction labelled 0/1/2 is a
+        train/valid/test target whose history is every earlier item of the user. A user's items are
+        ordered by (label, timestamp), so no train history holds a valid or test item; a first
+        item (empty history) is no target."""
+        cols = dict(MMREC_COLUMNS, label=label)
+        with open(path, encoding="utf-8") as f:
+            header = f.readline().rstrip("\r\n").split("\t")
+        missing = [c for c in cols.values() if c not in header]
+        if missing:
+            raise DatasetFilesError(
+                f"{path}: MMRec interaction file without column(s) {missing}; expected a "
+                f"tab-separated header with {list(cols.values())} (found {header})."
+            )
+        df = pd.read_csv(path, sep="\t", usecols=list(cols.values()),
+                         dtype={cols["user"]: str, cols["item"]: str}, keep_default_na=False)
+        labels = pd.to_numeric(df[label], errors="coerce").to_numpy()
+        bad = np.flatnonzero(~np.isin(labels, (0, 1, 2)))
+        if len(bad):
+            raise DatasetFilesError(
+                f"{path}, row {bad[0] + 2}: column '{label}' must be 0 (train), 1 (valid) or 2 "
+                f"(test), got {df[label].iloc[bad[0]]!r} ({len(bad)} such row(s))."
+            )
+        times = pd.to_numeric(df[cols["time"]], errors="coerce").to_numpy(dtype=np.float64)
+        if np.isnan(times).any():
+            r = int(np.flatnonzero(np.isnan(times))[0])
+            raise DatasetFilesError(
+                f"{path}, row {r + 2}: column '{cols['time']}' must be a number, "
+                f"got {df[cols['time']].iloc[r]!r}."
+            )
+        users = df[cols["user"]].to_numpy()
+        items = df[cols["item"]].to_numpy()
+        labels = labels.astype(np.int64)
+        order = np.lexsort((times, labels, users))
+        users, items, times, labels = users[order], items[order], times[order], labels[order]
+        n = len(users)
+        first = np.r_[True, users[1:] != users[:-1]] if n else np.zeros(0, dtype=bool)
+        user_start = np.maximum.accumulate(np.where(first, np.arange(n), 0)) if n else first
+        max_len = self.config["MAX_ITEM_LIST_LENGTH"]
+        list_field = self.iid_field + self.config["LIST_SUFFIX"]
+        parts, sizes = [], []
+        for split in (0, 1, 2):
+            rows = np.flatnonzero(~first & (labels == split))
+            starts = np.maximum(user_start[rows], rows - max_len)
+            parts.append(pd.DataFrame({
+                self.uid_field: users[rows], self.iid_field: items[rows],
+                self.time_field: times[rows],
+                list_field: [items[s:e] for s, e in zip(starts, rows)],
+            }))
+            sizes.append(len(rows))
+        dropped = {s: int((labels == s).sum()) - sizes[s] for s in (0, 1, 2)}
+        self.logger.info(
+            f"MMRec split from {path} ('{label}'): {sizes[0]} train, {sizes[1]} valid, {sizes[2]} "
+            f"test targets; {sum(dropped.values())} first interaction(s) of a user have no history "
+            f"and are no target (train {dropped[0]}, valid {dropped[1]}, test {dropped[2]})."
+        )
+        self._register_interaction_fields()
+        self.field2source[list_field] = FeatureSource.INTERACTION
+        self.field2type[list_field] = FeatureType.TOKEN_SEQ
+        self.field2seqlen[list_field] = max_len
+        # the benchmark layout, whatever the yaml says: three parts, lists share the item tokens
+        if not self.benchmark_filename_list:
+            self.benchmark_filename_list = ["train", "valid", "test"]
+            self.config["benchmark_filename"] = self.benchmark_filename_list
+        aliases = list(self.config["alias_of_item_id"] or [])
+        if list_field not in aliases:
+            self.config["alias_of_item_id"] = aliases + [list_field]
+        self.inter_feat = pd.concat(parts, ignore_index=True)
+        self.file_size_list = sizes
+        self.mmrec_split_file = path
 
     def _register_interaction_fields(self):
         """Declare user id, item id (tokens) and time (float) as interaction fields, for
@@ -182,12 +294,57 @@ class MMSequentialDataset(SequentialDataset):
         super()._change_feat_format()
         self._expose_item_features()  # item_feat is an Interaction now
 
+    def data_augmentation(self):
+        """RecBole's sliding-window augmentation (atomic ``.inter`` layout), vectorised: the same
+        rows, lists and order as ``SequentialDataset.data_augmentation``, whose Python loop over
+        every interaction dominates loading a large log. Each target's history is the user's
+        previous items, at most ``MAX_ITEM_LIST_LENGTH`` of them."""
+        self.logger.debug("data_augmentation (vectorised)")
+        self._aug_presets()
+        self._check_field("uid_field", "time_field")
+        max_len = self.config["MAX_ITEM_LIST_LENGTH"]
+        self.sort(by=[self.uid_field, self.time_field], ascending=True)
+        uid = self.inter_feat[self.uid_field].numpy()
+        n = len(uid)
+        first = np.r_[True, uid[1:] != uid[:-1]] if n else np.zeros(0, dtype=bool)
+        user_start = np.maximum.accumulate(np.where(first, np.arange(n), 0)) if n else np.zeros(0, np.int64)
+        target_index = np.flatnonzero(~first)
+        seq_start = np.maximum(user_start[target_index], target_index - max_len)
+        length = target_index - seq_start
+        new_length = len(target_index)
+        new_data = self.inter_feat[target_index]
+        new_dict = {self.item_list_length_field: torch.from_numpy(length.astype(np.int64))}
+        chunk = max(1, (1 << 22) // max(max_len, 1))  # rows per gather: ~4M list cells
+        for field in self.inter_feat:
+            if field == self.uid_field:
+                continue
+            list_field = getattr(self, f"{field}_list_field")
+            list_len = self.field2seqlen[list_field]
+            shape = (new_length, list_len) if isinstance(list_len, int) else (new_length,) + tuple(list_len)
+            if (self.field2type[field] in (FeatureType.FLOAT, FeatureType.FLOAT_SEQ)
+                    and field in self.config["numerical_features"]):
+                shape += (2,)
+            value = self.inter_feat[field]
+            out = torch.zeros(shape, dtype=value.dtype)
+            cols = np.arange(max_len)
+            for a in range(0, new_length, chunk):
+                s, ln = seq_start[a:a + chunk], length[a:a + chunk]
+                r, c = np.nonzero(cols[None, :] < ln[:, None])
+                out[torch.from_numpy(a + r), torch.from_numpy(c)] = value[torch.from_numpy(s[r] + c)]
+            new_dict[list_field] = out
+        new_data.update(Interaction(new_dict))
+        self.inter_feat = new_data
+
     def _load_modalities(self):
         mods = self.config["modalities"] or {}
         if not isinstance(mods, dict):
             raise FeatureFileError(
                 f"`modalities` must map a name to {{file: ..., dim: ...}}, got {type(mods).__name__}."
             )
+        if not mods and self.mmrec_split_file:  # an MMRec folder without a yaml: its own files
+            mods = {m: {"file": f"{self.file_prefix}.{m}.npy", "mmrec_file": f, "optional": True}
+                    for m, f in MMREC_FEATURES.items()}
+        checked_maps = set()
         wanted = self.config["load_modalities"]
         token2id = self.field2token_id[self.iid_field]
         min_cov = float(self.config["min_feature_coverage"] or 0.0)
@@ -199,7 +356,7 @@ class MMSequentialDataset(SequentialDataset):
             if not isinstance(spec, dict) or "file" not in spec:
                 raise FeatureFileError(f"Modality '{name}' needs a `file:` entry in the dataset yaml, got {spec!r}.")
             folder = self.config["feature_dir"] or self.dataset_path
-            path = os.path.join(folder, spec["file"])
+            path, item_map = self._feature_file(spec, folder)
             if spec.get("optional") and not os.path.isfile(path):
                 self.missing_modalities[name] = (path, spec.get("build"))
                 self.logger.warning(
@@ -208,10 +365,14 @@ class MMSequentialDataset(SequentialDataset):
                 )
                 continue
             ids = spec.get("ids")
+            if item_map and item_map not in checked_maps:
+                check_item_map(item_map, read_item_map(item_map), self.field2id_token[self.iid_field][1:],
+                               self._split_description())
+                checked_maps.add(item_map)
             feat = align_feature(
                 name, path, token2id, self.item_num, dim=spec.get("dim"),
-                ids_path=os.path.join(folder, ids) if ids else None,
-                min_coverage=float(spec.get("min_coverage", min_cov)),
+                ids_path=os.path.join(folder, ids) if ids and not item_map else None,
+                min_coverage=float(spec.get("min_coverage", min_cov)), item_map=item_map,
             )
             self.modality_features[name] = torch.from_numpy(feat.matrix)
             self.modality_present[name] = torch.from_numpy(feat.present)
@@ -219,6 +380,29 @@ class MMSequentialDataset(SequentialDataset):
                 f"modality [{name}]: {feat.dim}-d from {path}, coverage {feat.coverage:.1%}"
             )
         self._apply_feature_noise()
+
+    def _feature_file(self, spec, folder):
+        """(path, MMRec item map or None) of a modality: ``file`` in ``folder``; when it is not
+        there, the modality's MMRec name (``mmrec_file``) in ``folder`` or in the MMRec folder
+        (``mmrec_path``), read with that folder's ``i_id_mapping.csv``."""
+        path = os.path.join(folder, spec["file"])
+        mmrec_name = spec.get("mmrec_file")
+        if os.path.isfile(path) or not mmrec_name:
+            return path, None
+        for place in dict.fromkeys([folder, self.config["mmrec_path"]]):
+            if place and os.path.isfile(os.path.join(place, mmrec_name)):
+                return os.path.join(place, mmrec_name), os.path.join(place, MMREC_ITEM_MAP)
+        return path, None
+
+    def _split_description(self) -> str:
+        if self.mmrec_split_file:
+            return self.mmrec_split_file
+        if self.config["sequence_file"]:
+            return os.path.join(self.dataset_path, self.config["sequence_file"])
+        p = os.path.join(self.dataset_path, self.file_prefix)
+        if self.benchmark_filename_list:
+            return f"{p}.{{{','.join(self.benchmark_filename_list)}}}.inter"
+        return f"{p}.inter"
 
     def _apply_feature_noise(self):
         """``feature_noise`` (e.g. ``image:0.5``): swap features between items (recbole_mm.data.noise)."""
