@@ -1,9 +1,12 @@
 """Command line entry point, like RecBole's run_recbole.py.
 
     python run_recbole_mm.py --model=SGP4SR --dataset=baby [--config_files="a.yaml b.yaml"] [--key=value ...]
+    python run_recbole_mm.py --resume=saved/SGP4SR-<time>.pth [--epochs=100 ...]
 
 ``--model`` may be a plugin model or any RecBole built-in (plugin zoo first); every other
-``--key=value`` overrides the configuration (highest precedence), as in RecBole.
+``--key=value`` overrides the configuration (highest precedence), as in RecBole. ``--resume``
+continues a stopped run from its last completed epoch with the checkpoint's model, dataset and
+configuration (recbole_mm.resume).
 """
 import argparse
 import sys
@@ -12,8 +15,9 @@ import sys
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", "-m", default="SASRec", help="model name (plugin or RecBole)")
-    parser.add_argument("--dataset", "-d", default="mm_sample", help="dataset name (properties/dataset/<name>.yaml)")
+    parser.add_argument("--model", "-m", default=None, help="model name (plugin or RecBole; default SASRec)")
+    parser.add_argument("--dataset", "-d", default=None, help="dataset name (properties/dataset/<name>.yaml; default mm_sample)")
+    parser.add_argument("--resume", default=None, help="continue the stopped run of this checkpoint (saved/X.pth)")
     parser.add_argument("--config_files", default=None, help="space-separated yaml files")
     parser.add_argument("--nproc", type=int, default=1, help="processes for distributed data parallel")
     parser.add_argument("--ip", default="localhost")
@@ -26,13 +30,19 @@ def main(argv=None):
     from recbole_mm.registry import UnknownNameError
     from recbole_mm.data.features import FeatureFileError
     from recbole_mm.data.dataset import DatasetFilesError
+    from recbole_mm.resume import ResumeError
+    from recbole_mm.tracking import TrackingError
 
     files = args.config_files.strip().split(" ") if args.config_files else None
+    model, dataset = args.model, args.dataset
+    if args.resume is None:
+        model, dataset = model or "SASRec", dataset or "mm_sample"
     try:
-        run_recbole_mm(model=args.model, dataset=args.dataset, config_file_list=files,
+        run_recbole_mm(model=model, dataset=dataset, config_file_list=files,
                        nproc=args.nproc, world_size=args.world_size, ip=args.ip,
-                       port=args.port, group_offset=args.group_offset)
-    except (UnknownNameError, FeatureFileError, DatasetFilesError) as exc:
+                       port=args.port, group_offset=args.group_offset, resume=args.resume)
+    except (UnknownNameError, FeatureFileError, DatasetFilesError, ResumeError,
+            TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

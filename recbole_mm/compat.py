@@ -33,14 +33,14 @@ def to_primitive(value):
     Enums become their names, ``torch.device`` its string, numpy scalars Python scalars, classes
     their qualified name; containers are converted recursively. Anything else becomes ``str``.
     """
+    if isinstance(value, np.generic):  # before the built-ins: np.float64 / np.str_ subclass them
+        return to_primitive(value.item())
     if isinstance(value, bool) or value is None or isinstance(value, (str, int)):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if isinstance(value, enum.Enum):
         return value.name
-    if isinstance(value, np.generic):
-        return to_primitive(value.item())
     if isinstance(value, torch.device):
         return str(value)
     if isinstance(value, dict):
@@ -118,12 +118,25 @@ def atomic_torch_save(obj, path) -> None:
             os.remove(tmp)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, incomplete or not plain data (the message names the file)."""
+
+
 def load_checkpoint(path, map_location="cpu") -> dict:
     """Load a checkpoint written by the plugin; never unpickles arbitrary objects."""
+    import os
+    import zipfile
+
+    if not os.path.isfile(path):
+        raise CheckpointError(f"Checkpoint {path} not found.")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"Checkpoint {path} is not a complete torch checkpoint "
+                              f"({os.path.getsize(path)} bytes; truncated, or not written by "
+                              f"torch.save).")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # pragma: no cover - message path
-        raise ValueError(
+        raise CheckpointError(
             f"Checkpoint {path} could not be loaded with weights_only=True ({exc}). "
             "recbole_mm only reads checkpoints it wrote itself (config stored as plain data); "
             "re-train, or convert an old RecBole checkpoint on a trusted machine."
