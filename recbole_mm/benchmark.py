@@ -9,12 +9,17 @@
 
 Every cell (one model, one dataset, one seed, one configuration) is trained and tested through
 ``recbole_mm.quick_start.run_recbole_mm`` with the same split, metrics and evaluation protocol
-(``properties/overall.yaml`` + the dataset's yaml), then written atomically to
+(the plugin-wide protocol of ``properties/overall.yaml`` + the dataset's yaml, for every model;
+a model's paper protocol only in a row that asks for it, ``MMSR{protocol: paper}``, labelled
+``MMSR (paper protocol)``) and the same meaning of ``epochs`` (the total over a multi-stage
+model's phases / steps), then written atomically to
 ``<out>/cells/<cell id>.json``. A finished cell (status ``ok``) is never rerun unless ``--force``
 is given, so an interrupted grid resumes where it stopped; changing the profile or any override
 changes the cell id (a hash of the configuration), so stale results are never reused.
 
-Recorded per cell: test metrics, best validation result and its epoch, the training curve
+Recorded per cell: the protocol and the effective configuration (final values of the keys that
+shape a comparison), test metrics, best validation result and its epoch, the epochs run per stage
+(budget and run), the training curve
 (train loss, validation score and timings per epoch), mean train-epoch time, mean full-ranking
 evaluation time, peak memory (CUDA allocator peak on GPU, else the process's max RSS), parameter
 counts, device, torch / recbole versions, git commit, date and the command line.
@@ -49,7 +54,7 @@ import tempfile
 import time
 import traceback
 
-from recbole_mm.config import parse_cli_value, parse_overrides  # noqa: F401  (part of this module's API)
+from recbole_mm.config import PROTOCOL_KEYS, parse_cli_value, parse_overrides  # noqa: F401  (API)
 from recbole_mm.encoders.io import atomic_write_text as _atomic_write
 
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -89,6 +94,16 @@ PROFILES = {
 }
 METRIC_ORDER = ["recall", "hit", "ndcg", "mrr", "precision"]
 CELL_STATUS_DONE = "ok"
+# Part of every cell id: raised when the meaning of a configuration changes, so that an older
+# result is never reused for it (2: plugin-wide protocol for every model, epochs = total, issue 19).
+CELL_REVISION = 2
+# Final configuration values a cell records and the report prints per row (with the harness's own
+# keys and PROTOCOL_KEYS), when set (e.g. the per-stage epoch keys of multi-stage models).
+EFFECTIVE_KEYS = ("epochs", "phase1_epochs", "phase2_epochs", "step1_epochs", "step2_epochs",
+                  "train_batch_size", "learning_rate", "loss_type", "hidden_size", "n_layers",
+                  "n_heads", "MAX_ITEM_LIST_LENGTH")
+_HARNESS_KEYS = {"show_progress", "state", "reproducibility", "checkpoint_dir", "data_path", "seed"}
+PAPER_PROTOCOL_SUFFIX = " (paper protocol)"
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -161,7 +176,8 @@ class Cell:
     @property
     def key(self) -> str:
         payload = json.dumps({"model": self.model, "dataset": self.dataset, "seed": self.seed,
-                              "config": _jsonable(self.config)}, sort_keys=True)
+                              "config": _jsonable(self.config), "rev": CELL_REVISION},
+                             sort_keys=True)
         return hashlib.sha1(payload.encode()).hexdigest()[:10]
 
     @property
@@ -175,7 +191,8 @@ class Cell:
 
 def parse_models(spec) -> list[tuple[str, str, dict]]:
     """``'SASRec,SGP4SR,noCGC=SGP4SR{use_cgc: false}'`` or a list of names / dicts ->
-    ``[(label, model, config), ...]``. ``all`` = the five baselines + every registered plugin
+    ``[(label, model, config), ...]`` (``MMSR{protocol: paper}`` is labelled
+    ``MMSR (paper protocol)``). ``all`` = the five baselines + every registered plugin
     model; ``baselines`` and ``papers`` expand to those groups."""
     if isinstance(spec, str):
         items, depth, cur = [], 0, ""
@@ -192,8 +209,8 @@ def parse_models(spec) -> list[tuple[str, str, dict]]:
     out = []
     for item in spec:
         if isinstance(item, dict):
-            model = item["model"]
-            out.append((item.get("label", model), model, dict(item.get("config") or {})))
+            model, cfg = item["model"], dict(item.get("config") or {})
+            out.append((row_label(item.get("label", model), model, cfg), model, cfg))
             continue
         if item == "all":
             out += [(m, m, {}) for m in BASELINES]
@@ -213,7 +230,7 @@ def parse_models(spec) -> list[tuple[str, str, dict]]:
         cfg = parse_cli_value(m.group(3)) if m.group(3) else {}
         if not isinstance(cfg, dict):
             raise SystemExit(f"error: bad config in model entry {item!r}")
-        out.append(((label or model).strip(), model, cfg))
+        out.append((row_label((label or model).strip(), model, cfg), model, cfg))
     seen = set()
     uniq = []
     for t in out:
@@ -222,6 +239,13 @@ def parse_models(spec) -> list[tuple[str, str, dict]]:
         seen.add(t[0])
         uniq.append(t)
     return uniq
+
+
+def row_label(label: str, model: str, config: dict) -> str:
+    """A row under ``protocol: paper`` named only by its model is ``'<model> (paper protocol)'``."""
+    if config.get("protocol") == "paper" and label == model:
+        return model + PAPER_PROTOCOL_SUFFIX
+    return label
 
 
 def _registered_plugin_models() -> list[str]:
@@ -268,7 +292,8 @@ def build_grid(models, datasets, seeds, profile_config, overrides, noise=None,
     Configuration per cell, lowest first: ``profile_config``, ``baseline_config`` (only for models
     without their own properties/model/<M>.yaml, i.e. RecBole's built-ins), the profile's
     ``model_config[model]``, the model entry's own config, ``overrides`` (``--key=value``), then
-    ``feature_noise`` for noisy cells.
+    ``feature_noise`` for noisy cells. A cell under ``protocol: paper`` whose label is the bare
+    model name is labelled ``<model> (paper protocol)``.
     """
     cells = []
     for dataset in datasets:
@@ -286,7 +311,7 @@ def build_grid(models, datasets, seeds, profile_config, overrides, noise=None,
                     cfg.update(overrides)
                     if lvl is not None:
                         cfg["feature_noise"] = f"{lvl[0]}:{lvl[1]:g}"
-                    cells.append(Cell(label, model, dataset, seed, cfg, lvl))
+                    cells.append(Cell(row_label(label, model, cfg), model, dataset, seed, cfg, lvl))
     return cells
 
 
@@ -300,6 +325,7 @@ class _Probe:
         self.eval_calls = []   # (seconds, during_fit)
         self.info = {}
         self.model = None
+        self.config = self.trainer = None
         self._in_fit = False
 
     def attach(self, config, dataset, model, trainer):
@@ -313,6 +339,7 @@ class _Probe:
 
         self.attached = True
         self.model = model
+        self.config, self.trainer = config, trainer
         self.info = {
             "device": str(config["device"]),
             "params": int(sum(p.numel() for p in model.parameters())),
@@ -400,6 +427,24 @@ def best_epoch_from_curve(curve, bigger=True):
     return best_ep
 
 
+def effective_config(config, cell_config) -> dict:
+    """The final values of the keys that shape a comparison: the cell's own keys (harness
+    plumbing aside), :data:`EFFECTIVE_KEYS` the run has, and the protocol."""
+    keys = [k for k in cell_config if k not in _HARNESS_KEYS]
+    keys += [k for k in EFFECTIVE_KEYS if k not in keys and config[k] is not None]
+    keys += [k for k in ("protocol",) + tuple(PROTOCOL_KEYS) if k not in keys]
+    return {k: _jsonable(config[k]) for k in keys}
+
+
+def stage_epochs(trainer, config, epochs_run: int) -> dict:
+    """``{stage: {"budget": n, "run": m}}``: a multi-stage trainer's own record
+    (``trainer.stage_epochs``), else one stage ``train`` bounded by ``epochs``."""
+    stages = getattr(trainer, "stage_epochs", None)
+    if stages:
+        return {str(k): {"budget": int(v["budget"]), "run": int(v["run"])} for k, v in stages.items()}
+    return {"train": {"budget": int(config["epochs"]), "run": int(epochs_run)}}
+
+
 def execute_cell(cell: Cell, scratch: str) -> dict:
     """Train and test one cell in this process; returns its record (never raises)."""
     import torch
@@ -434,8 +479,13 @@ def execute_cell(cell: Cell, scratch: str) -> dict:
     except Exception as exc:
         tb = traceback.format_exc(limit=6)
         msg = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:500] if str(exc).strip() else ''}"
+        from recbole_mm.config import ConfigError
+
         if probe.attached:
             rec.update(status="failed", reason=msg, traceback=tb[-3000:])
+        elif isinstance(exc, ConfigError):  # e.g. protocol: paper for a model without one
+            rec.update(status="skipped", reason=f"configuration refused: {msg}",
+                       traceback=tb[-3000:])
         else:  # data / model construction refused this combination
             rec.update(status="skipped", reason=f"cannot run on this dataset: {msg}",
                        traceback=tb[-3000:])
@@ -465,6 +515,9 @@ def execute_cell(cell: Cell, scratch: str) -> dict:
         "best_epoch": best_epoch_from_curve(curve, bigger),
         "epochs_run": len(train_s),
         "stages": 1 + max((r.get("segment", 0) for r in curve), default=0),
+        "stage_epochs": stage_epochs(probe.trainer, probe.config, len(train_s)),
+        "protocol": str(probe.config["protocol"] or "plugin"),
+        "effective_config": effective_config(probe.config, cell.config),
         "trainable_params_end": int(sum(p.numel() for p in probe.model.parameters()
                                         if p.requires_grad)) if probe.model is not None else None,
         "epoch_time_s": round(sum(train_s) / len(train_s), 4) if train_s else None,
@@ -671,6 +724,13 @@ def summarize(records) -> list[dict]:
             row[m + "_std"] = std
         for k in ("best_epoch", "epochs_run", "epoch_time_s", "eval_time_s", "test_eval_s"):
             row[k] = mean_std([r.get(k) for r in ok])[0]
+        last = ok[-1] if ok else recs[-1]
+        row["epochs_per_stage"] = _stage_runs(ok)
+        row["protocol"] = last.get("protocol") or ""
+        row["config"] = json.dumps(_jsonable(last.get("effective_config") or last.get("config") or {}),
+                                   sort_keys=True)
+        row["stage_budgets"] = ", ".join(f"{k} <= {v['budget']}"
+                                         for k, v in (last.get("stage_epochs") or {}).items())
         peaks = [r.get("peak_mem_mb") for r in ok if r.get("peak_mem_mb") is not None]
         row["peak_mem_mb"] = max(peaks) if peaks else None
         row["peak_mem_source"] = ok[0].get("peak_mem_source", "") if ok else ""
@@ -681,8 +741,20 @@ def summarize(records) -> list[dict]:
     return rows
 
 
+def _stage_runs(records) -> str:
+    """Epochs run per stage, mean over ``records`` (``'1 + 2'``); '' for single-stage runs or
+    records without a per-stage count."""
+    stages = [r.get("stage_epochs") for r in records]
+    if not stages or any(not st for st in stages) or len(stages[0]) < 2:
+        return ""
+    names = list(stages[0])
+    if any(list(st) != names for st in stages):
+        return ""
+    return " + ".join(_fmt_num(mean_std([st[n]["run"] for st in stages])[0]) for n in names)
+
+
 CELL_COLUMNS = ["cell_id", "dataset", "label", "model", "seed", "noise", "status", "reason",
-                "best_epoch", "epochs_run", "epoch_time_s", "eval_time_s", "test_eval_s",
+                "protocol", "best_epoch", "epochs_run", "epochs_per_stage", "epoch_time_s", "eval_time_s", "test_eval_s",
                 "train_total_s", "wall_s", "peak_mem_mb", "peak_mem_source", "params",
                 "trainable_params", "device", "commit", "torch", "recbole", "finished"]
 
@@ -694,6 +766,7 @@ def write_csvs(records, rows, out_dir):
     for r in records:
         d = {c: r.get(c) for c in CELL_COLUMNS}
         d["noise"] = _noise_level(r)
+        d["epochs_per_stage"] = _stage_runs([r])
         for m in metrics:
             d[m] = (r.get("test_result") or {}).get(m)
         lines.append(d)
@@ -778,17 +851,39 @@ def noise_paper_drops(model, metric):
             if r["table"].startswith("Figure 3")]
 
 
+def _kv(d: dict) -> str:
+    return ", ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in d.items())
+
+
+def row_configurations(rows) -> list[str]:
+    """The report's configuration table: each row's effective configuration, once (noise levels
+    of a row share it, plus their feature_noise)."""
+    seen, out = set(), []
+    for r in rows:
+        if not r.get("config") or (r["dataset"], r["label"]) in seen:
+            continue
+        seen.add((r["dataset"], r["label"]))
+        cfg = {k: v for k, v in json.loads(r["config"]).items() if k != "feature_noise"}
+        recorded = "protocol" in cfg
+        protocol = cfg.pop("protocol", None) or "-"
+        evaluation = {k: cfg.pop(k) for k in PROTOCOL_KEYS if k in cfg}
+        budget = r.get("stage_budgets") or ""
+        out.append(f"| {r['dataset']} | {r['label']} | {protocol} | {_kv(evaluation) or '-'} | "
+                   f"{_kv(cfg)}{'' if recorded else ' (overrides only)'} | {budget or '-'} |")
+    if not out:
+        return []
+    return (["## Configuration of each row", "",
+             "Final values in force in each row's runs (protocol keys under evaluation). Rows "
+             "recorded before the harness kept them show the harness's overrides only.", "",
+             "| dataset | row | protocol | evaluation | training | epochs per stage (budget) |",
+             "|---|---|---|---|---|---|"] + out + [""])
+
+
 def markdown_report(records, rows, meta) -> str:
     metrics = metric_names(records)
     lines = [f"# Benchmark: {meta.get('name', '')}", ""]
     lines += [f"- command: `{meta.get('command', '')}`",
               f"- profile: **{meta.get('profile', '')}**: {meta.get('profile_description', '')}",
-              f"- profile overrides: `{json.dumps(meta.get('profile_config', {}), sort_keys=True)}`"
-              + (f"; RecBole baselines also `{json.dumps(meta['baseline_config'], sort_keys=True)}`"
-                 if meta.get("baseline_config") else "")
-              + (f"; per model `{json.dumps(meta['model_config'], sort_keys=True)}`"
-                 if meta.get("model_config") else ""),
-              f"- extra overrides: `{json.dumps(meta.get('overrides', {}), sort_keys=True)}`",
               f"- commit: {meta.get('commit', '')}; date (UTC): {meta.get('date', '')}",
               *([f"- every command that wrote to this folder (meta.json `history`): "
                  + "; ".join(f"`{h['command']}` ({h['date']}, {h['commit']}, "
@@ -798,31 +893,49 @@ def markdown_report(records, rows, meta) -> str:
               f"- seeds: {meta.get('seeds', '')}; cells: {len(records)} "
               f"({sum(r.get('status') == 'ok' for r in records)} ok)",
               "- protocol: leave-one-out by time, full ranking over all items, best validation "
-              "checkpoint (valid metric below) evaluated on test; values are mean ± sample std "
-              "over seeds (no ± with one seed).", ""]
+              "checkpoint (valid metric below) evaluated on test; every row under the plugin-wide "
+              "protocol (properties/overall.yaml + the dataset's yaml) unless its protocol says "
+              "paper (tabled apart); `epochs` is a run's total over its stages; values are "
+              "mean ± sample std over seeds (no ± with one seed).", ""]
+    lines += row_configurations(rows)
     by_ds = {}
     for row in rows:
         by_ds.setdefault(row["dataset"], []).append(row)
     for ds, drows in by_ds.items():
-        clean = [r for r in drows if not r["noise"] and r["n_ok"]]
-        if clean:
-            lines += [f"## {ds}", ""]
-            head = ["model"] + metrics + ["best ep.", "epochs", "s/epoch", "eval s", "peak MB",
-                                          "params", "seeds", "device"]
+        clean_all = [r for r in drows if not r["noise"] and r["n_ok"]]
+        groups = {}
+        for r in clean_all:  # one table per protocol: the same metric columns in each
+            groups.setdefault(r["protocol"] == "paper", []).append(r)
+        for paper, clean in sorted(groups.items()):
+            labels = {r["label"] for r in clean}
+            cols = metric_names([x for x in records if x["dataset"] == ds and x["label"] in labels
+                                 and x.get("status") == CELL_STATUS_DONE])
+            lines += [f"### {ds}: paper protocols (each row its paper's metrics and selection; "
+                      "not comparable with the table above)" if paper else f"## {ds}", ""]
+            head = ["model"] + cols + ["best ep.", "epochs", "s/epoch", "eval s", "peak MB",
+                                       "params", "seeds", "device"]
             lines.append("| " + " | ".join(head) + " |")
             lines.append("|" + "---|" * len(head))
             for r in clean:
-                vals = [r["label"]] + [_fmt(r.get(m), r.get(m + "_std")) for m in metrics]
-                vals += [_fmt_num(r["best_epoch"]), _fmt_num(r["epochs_run"]),
+                vals = [r["label"]] + [_fmt(r.get(m), r.get(m + "_std")) for m in cols]
+                epochs = _fmt_num(r["epochs_run"])
+                if r.get("epochs_per_stage"):
+                    epochs += f" ({r['epochs_per_stage']})"
+                vals += [_fmt_num(r["best_epoch"]), epochs,
                          _fmt(r["epoch_time_s"], digits=2), _fmt(r["eval_time_s"], digits=2),
                          _fmt_num(r["peak_mem_mb"], 0), _fmt_num(r["params"]), str(r["n_ok"]),
                          r["device"]]
                 lines.append("| " + " | ".join(vals) + " |")
+            if paper:
+                lines.append("")
+                continue
             loads = [x for r in records if r["dataset"] == ds
                      for x in (r.get("load_avg_1m") or []) if x is not None]
             load_note = (f" Machine load average (1 min) around these cells: {min(loads):.1f} to "
                          f"{max(loads):.1f}; timings scale with it." if loads else "")
-            lines += ["", "best ep. = RecBole epoch index (0-based) of the best validation score; "
+            lines += ["", "best ep. = RecBole epoch index (0-based) of the best validation score "
+                      "(of the last stage for multi-stage models); epochs = training epochs run in "
+                      "total (per stage in parentheses, budgets in the configuration table); "
                       "s/epoch = mean training-epoch time; eval s = mean full-ranking validation "
                       f"pass; peak MB = {clean[0]['peak_mem_source']}.{load_note}", ""]
         noisy = [r for r in drows if r["n_ok"] and r["noise_modality"]]
@@ -896,21 +1009,26 @@ def make_plots(records, rows, out_dir, metrics=None) -> list[str]:
     written = []
     datasets = sorted({r["dataset"] for r in rows})
     for ds in datasets:
-        clean = [r for r in rows if r["dataset"] == ds and not r["noise"] and r["n_ok"]]
-        if clean and metrics:
-            fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(clean) * len(metrics) / 2), 4))
+        clean = [r for r in rows if r["dataset"] == ds and not r["noise"] and r["n_ok"]
+                 and r.get("protocol") != "paper"]  # one protocol: the same metrics for every bar
+        labels = {r["label"] for r in clean}
+        bar_metrics = [m for m in metrics if any(
+            m in (x.get("test_result") or {}) for x in records
+            if x["dataset"] == ds and x["label"] in labels)]
+        if clean and bar_metrics:
+            fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(clean) * len(bar_metrics) / 2), 4))
             width = 0.8 / len(clean)
             for j, r in enumerate(clean):
-                xs = [i + j * width for i in range(len(metrics))]
-                ys = [r.get(m) or 0 for m in metrics]
-                errs = [r.get(m + "_std") or 0 for m in metrics]
+                xs = [i + j * width for i in range(len(bar_metrics))]
+                ys = [r.get(m) or 0 for m in bar_metrics]
+                errs = [r.get(m + "_std") or 0 for m in bar_metrics]
                 ax.bar(xs, ys, width, yerr=errs, capsize=2, label=r["label"])
-                for x, m in zip(xs, metrics):
+                for x, m in zip(xs, bar_metrics):
                     refs = reference.lookup(dataset=ds, model=r["model"], metric=m)
                     for ref in refs[:1]:
                         ax.plot([x], [ref["value"]], "k_", markersize=12, mew=2)
-            ax.set_xticks([i + 0.4 - width / 2 for i in range(len(metrics))])
-            ax.set_xticklabels(metrics)
+            ax.set_xticks([i + 0.4 - width / 2 for i in range(len(bar_metrics))])
+            ax.set_xticklabels(bar_metrics)
             ax.set_title(f"{ds}: test metrics (black dash = paper's number)")
             ax.legend(fontsize=8)
             fig.tight_layout()

@@ -26,6 +26,118 @@ from recbole_mm import registry
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE_NAME = "mm_sample"
 
+# The evaluation protocol: metrics, cut-offs, model selection (validation metric, evaluation
+# frequency, early-stopping patience) and history masking at ranking. One place for the list.
+PROTOCOL_KEYS = ("metrics", "topk", "valid_metric", "eval_step", "stopping_step",
+                 "mask_history_items")
+PROTOCOLS = ("plugin", "paper")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used (the message names the key and the file)."""
+
+
+def _read_yaml(path: str) -> dict:
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of key: value, got {type(data).__name__}.")
+    return data
+
+
+def model_yaml_path(model_name: str) -> str:
+    return os.path.join(registry.properties_dir(), "model", f"{model_name}.yaml")
+
+
+def check_model_protocol(model_name: str) -> dict:
+    """The ``paper_protocol`` of ``properties/model/<M>.yaml`` ({} when none); refuses a model
+    yaml that sets a protocol key at top level or a paper protocol with other keys."""
+    path = model_yaml_path(model_name)
+    if not os.path.isfile(path):
+        return {}
+    data = _read_yaml(path)
+    top = [k for k in PROTOCOL_KEYS if k in data]
+    if top:
+        raise ConfigError(
+            f"{path} sets the evaluation-protocol key(s) {', '.join(top)} at top level; a model "
+            f"is evaluated under the plugin-wide protocol (properties/overall.yaml). Move its "
+            f"paper's values under 'paper_protocol:' (applied with protocol: paper).")
+    return _check_paper_protocol(data.get("paper_protocol"), path)
+
+
+def _check_paper_protocol(paper, where: str) -> dict:
+    if paper is None:
+        return {}
+    if not isinstance(paper, dict):
+        raise ConfigError(f"{where}: paper_protocol must be a mapping of protocol keys, got "
+                          f"{paper!r}.")
+    extra = sorted(set(paper) - set(PROTOCOL_KEYS))
+    if extra:
+        raise ConfigError(f"{where}: paper_protocol may set only {', '.join(PROTOCOL_KEYS)}; "
+                          f"got {', '.join(extra)} (training settings belong at top level).")
+    return dict(paper)
+
+
+def models_with_paper_protocol() -> list[str]:
+    folder = os.path.join(registry.properties_dir(), "model")
+    return sorted(f[:-5] for f in os.listdir(folder)
+                  if f.endswith(".yaml") and _read_yaml(os.path.join(folder, f)).get("paper_protocol"))
+
+
+def split_epochs(config, stage_keys, owner: str) -> list[int]:
+    """Epoch budgets of the stages of one run; ``epochs`` is the run's total.
+
+    ``stage_keys`` name each stage's own key (e.g. ``['phase1_epochs', 'phase2_epochs']``). A
+    stage whose key is set trains that many epochs; the stages left at ``~`` share what remains
+    of ``epochs``, equally, the later stages taking the remainder (``epochs: 5`` over two stages
+    = 2 + 3). When every key is set they are the schedule (a paper's own, e.g. 300 + 300) and
+    ``epochs`` is not used (logged). No keys = a single-stage run: ``[epochs]``. Each budget is
+    an upper bound: early stopping may end a stage sooner.
+    """
+    total = config["epochs"]
+    if not isinstance(total, int) or isinstance(total, bool) or total < 1:
+        raise ConfigError(f"{owner}: epochs must be a positive integer (the run's total), got {total!r}.")
+    if not stage_keys:
+        return [total]
+    fixed = {}
+    for key in stage_keys:
+        value = config[key]
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{owner}: {key} must be a positive integer or ~ (a share of "
+                              f"epochs), got {value!r}.")
+        fixed[key] = value
+    free = [k for k in stage_keys if k not in fixed]
+    if not free:
+        if sum(fixed.values()) != total:
+            from logging import getLogger
+
+            getLogger().info(f"{owner}: {' + '.join(f'{k} ({v})' for k, v in fixed.items())} "
+                             f"= {sum(fixed.values())} epochs set per stage; epochs ({total}) "
+                             f"is not used.")
+        return [fixed[k] for k in stage_keys]
+    rest = total - sum(fixed.values())
+    share, extra = divmod(rest, len(free))
+    if share < 1:
+        left = f"; {', '.join(fixed)} leave {rest}" if fixed else ""
+        raise ConfigError(f"{owner}: epochs = {total} is the total over {', '.join(stage_keys)}"
+                          f"{left}, too few for at least 1 epoch each of {', '.join(free)}. "
+                          f"Raise epochs or set the per-stage keys.")
+    budget = {k: share + (1 if i >= len(free) - extra else 0) for i, k in enumerate(free)}
+    budget.update(fixed)
+    return [budget[k] for k in stage_keys]
+
+
+def stage_epochs_line(stage_epochs: dict, epochs) -> str:
+    """``{"phase 1": {"budget": 2, "run": 2}, ...}`` -> ``'phase 1 2/2, phase 2 1/2: 3 epochs
+    (epochs = 4)'``: epochs run / budget per stage, the total run and the run's ``epochs``."""
+    parts = ", ".join(f"{name} {s['run']}/{s['budget']}" for name, s in stage_epochs.items())
+    total = sum(s["run"] for s in stage_epochs.values())
+    return f"{parts}: {total} epochs (epochs = {epochs})"
+
 
 def plugin_config_files(model_name: str, dataset: str) -> list[str]:
     props = registry.properties_dir()
@@ -93,9 +205,45 @@ class MMConfig(Config):
             raise registry.UnknownNameError(
                 f"No dataset given. Known datasets: {', '.join(registry.known_datasets())}."
             )
-        files = plugin_config_files(model_class.__name__, dataset) + list(config_file_list or [])
+        plugin_files = plugin_config_files(model_class.__name__, dataset)
+        self._mm_model_name = model_class.__name__
+        check_model_protocol(model_class.__name__)
+        self._n_plugin_files = len(plugin_files)
+        files = plugin_files + list(config_file_list or [])
         super().__init__(model=model_class, dataset=dataset, config_file_list=files,
                          config_dict=config_dict)
+
+    def _load_config_files(self, file_list):
+        file_list = list(file_list or [])
+        n = getattr(self, "_n_plugin_files", 0)
+        self._user_file_config = super()._load_config_files(file_list[n:])
+        return {**super()._load_config_files(file_list[:n]), **self._user_file_config}
+
+    def _merge_external_config_dict(self):
+        """RecBole's merge, after applying the protocol: with ``protocol: paper`` the
+        ``paper_protocol`` values replace the property files' protocol keys (the user's files,
+        dict and command line still win). They are written into the file layer, so a checkpoint's
+        saved configuration reloads under the same protocol."""
+        ext = {**self.file_config_dict, **self.variable_config_dict, **self.cmd_config_dict}
+        protocol = ext.get("protocol") or "plugin"
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"protocol: expected one of {', '.join(PROTOCOLS)}, got {protocol!r} "
+                              f"(plugin = properties/overall.yaml for every model; paper = the "
+                              f"model's paper_protocol).")
+        if protocol == "paper":
+            model = getattr(self, "_mm_model_name", "the model")
+            paper = _check_paper_protocol(ext.get("paper_protocol"), "paper_protocol")
+            if not paper:
+                raise ConfigError(
+                    f"protocol: paper, but {model} has no paper protocol (no paper_protocol "
+                    f"mapping in properties/model/{model}.yaml or the configuration). Models "
+                    f"with one: {', '.join(models_with_paper_protocol()) or 'none'}.")
+            user = set(self._user_file_config) | set(self.variable_config_dict) | set(self.cmd_config_dict)
+            for key, value in paper.items():
+                if key not in user:
+                    self.file_config_dict[key] = value
+        self.file_config_dict["protocol"] = protocol
+        super()._merge_external_config_dict()
 
     def _set_default_parameters(self):
         user_root = self.external_config_dict.get("data_path")

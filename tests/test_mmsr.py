@@ -187,7 +187,7 @@ def test_identical_content_gives_identical_vectors_and_unseen_items_are_ranked(m
 
 
 def test_full_sort_uses_one_cached_item_table_and_masks_history(make_data):
-    model, config, train, valid, test = _model(make_data)
+    model, config, train, valid, test = _model(make_data, protocol="paper")  # masks history
     model.eval()
     inter = next(iter(valid))[0].to(model.device)
     s1 = model.full_sort_predict(inter)
@@ -296,7 +296,7 @@ def test_pooled_run_on_sample(arch, fusion, tiny_root, tmp_path):
 
     result = run_recbole_mm("MMSR", "mm_sample", config_dict=dict(
         POOLED, data_path=tiny_root, epochs=1, eval_step=1, seq_arch=arch, fusion=fusion,
-        checkpoint_dir=str(tmp_path / "saved"), state="WARNING"))
+        checkpoint_dir=str(tmp_path / "saved"), state="WARNING", protocol="paper"))
     res = result["test_result"]
     assert set(res) >= {"hit@10", "ndcg@10", "hit@50"}
     assert 0.0 <= res["ndcg@10"] <= res["hit@10"] <= res["hit@50"] <= 1.0

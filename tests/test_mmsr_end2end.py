@@ -263,7 +263,7 @@ def test_bad_item_file_is_a_clear_error(e2e_root, tmp_path):
 def test_end2end_cli_run(e2e_root, tmp_path):
     from recbole_mm.quick_start import run_recbole_mm
 
-    cfg = dict(E2E, data_path=e2e_root, epochs=1, eval_step=1, state="WARNING",
+    cfg = dict(E2E, data_path=e2e_root, epochs=1, eval_step=1, state="WARNING", protocol="paper",
                checkpoint_dir=str(tmp_path / "saved"), seq_arch="gru4rec", fusion="co_attn")
     result = run_recbole_mm("MMSR", "mm_sample", config_dict=cfg)
     assert "hit@10" in result["test_result"]

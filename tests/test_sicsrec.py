@@ -327,13 +327,14 @@ def _cli(args, cwd):
 
 def test_two_step_cli_end_to_end(tiny_root, tmp_path):
     saved = tmp_path / "saved"
-    res = _cli(["--model=SICSRec", "--dataset=mm_sample", f"--data_path={tiny_root}", "--epochs=1",
+    res = _cli(["--model=SICSRec", "--dataset=mm_sample", f"--data_path={tiny_root}", "--epochs=2",
                 "--hidden_size=16", "--inner_size=16", "--n_layers=1", "--train_batch_size=256",
                 f"--checkpoint_dir={saved}", "--state=INFO"], cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     out = res.stdout + res.stderr
     assert "SICSRec step 1/2" in out and "SICSRec step 2/2" in out
     assert out.index("step 1/2") < out.index("step 2/2") < out.index("test result table")
+    assert "SICSRec epochs run" in out and "step 1 1/1, step 2 1/1: 2 epochs (epochs = 2)" in out
     step1 = list(saved.glob("SICSRec-*-step1.pth"))
     final = [p for p in saved.glob("SICSRec-*.pth") if not p.name.endswith("-step1.pth")]
     assert len(step1) == 1 and len(final) == 1

@@ -12,8 +12,15 @@
    ``saved_model_file``, which RecBole's final ``evaluate(test, load_best_model=True)`` loads.
 
 ``phase1_only`` runs phase 1 alone; ``joint`` runs the phase-2 model from scratch with everything
-trainable (the paper's "w/o phase"). ``phase1_epochs`` / ``phase2_epochs`` bound each phase
-(default ``epochs``).
+trainable (the paper's "w/o phase").
+
+Training budget (:func:`recbole_mm.config.split_epochs`): ``epochs`` is the run's total. The two
+phases share it equally (phase 2 takes an odd remainder: ``epochs: 5`` = 2 + 3); ``phase1_epochs``
+/ ``phase2_epochs`` set to a number fix that phase and leave the rest of ``epochs`` to the other;
+both set = the paper's schedule (e.g. 300 + 300), ``epochs`` unused. ``phase1_only`` trains
+``phase1_epochs`` or ``epochs``; ``joint`` trains ``epochs``. Every budget is an upper bound (early
+stopping per phase). ``stage_epochs`` holds, per phase, the budget and the epochs actually run;
+they are logged at the end of ``fit``.
 
 A single :meth:`_train_epoch` trains one epoch in the model's *current* phase (phase 1 on a fresh
 two-phase trainer, phase 2 after :meth:`enter_phase2` or with ``phase_schedule: joint``).
@@ -34,6 +41,7 @@ from recbole.trainer import Trainer
 from recbole.utils import set_color
 
 from recbole_mm.compat import load_checkpoint
+from recbole_mm.config import split_epochs, stage_epochs_line
 
 
 class DeCoRecTrainer(Trainer):
@@ -45,6 +53,8 @@ class DeCoRecTrainer(Trainer):
         root, ext = os.path.splitext(self.saved_model_file)
         self.phase_model_files = {1: f"{root}-phase1{ext}", 2: self.saved_model_file}
         self.phase_results = {}
+        self.stage_epochs = {}  # "phase 1" -> {"budget": n, "run": epochs trained}
+        self._stage = None
 
     # ------------------------------------------------------------------ optimiser
     def _build_optimizer(self, **kwargs):
@@ -68,6 +78,8 @@ class DeCoRecTrainer(Trainer):
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         if self.config["compat_reset_optimizer_each_epoch"]:
             self.optimizer = self._build_optimizer()
+        if self._stage is not None:
+            self.stage_epochs[self._stage]["run"] += 1
         return super()._train_epoch(train_data, epoch_idx, loss_func=loss_func,
                                     show_progress=show_progress)
 
@@ -76,9 +88,20 @@ class DeCoRecTrainer(Trainer):
         return set_color(f"[phase {self.model.phase}] ", "cyan") + out
 
     # ------------------------------------------------------------------ phases
-    def _phase_epochs(self, phase: int) -> int:
-        value = self.config[f"phase{phase}_epochs"]
-        return int(self.config["epochs"] if value is None else value)
+    def phase_budgets(self) -> dict:
+        """Epoch budget of each phase this run trains (``{"phase 1": n1, "phase 2": n2}``)."""
+        schedule = self.model.phase_schedule
+        if schedule == "two_phase":
+            n1, n2 = split_epochs(self.config, ["phase1_epochs", "phase2_epochs"], "DeCoRec")
+            return {"phase 1": n1, "phase 2": n2}
+        if schedule == "phase1_only":
+            return {"phase 1": split_epochs(self.config, ["phase1_epochs"], "DeCoRec")[0]}
+        return {"phase 2 (joint)": split_epochs(self.config, [], "DeCoRec")[0]}
+
+    def _begin_stage(self, name: str, epochs: int) -> None:
+        self._stage = name
+        self.stage_epochs[name] = {"budget": int(epochs), "run": 0}
+        self._reset_run_state(int(epochs))
 
     def _reset_run_state(self, epochs: int) -> None:
         self.start_epoch = 0
@@ -97,7 +120,7 @@ class DeCoRecTrainer(Trainer):
 
     def start_phase1(self) -> None:
         self.model.set_phase(1)
-        self._reset_run_state(self._phase_epochs(1))
+        self._begin_stage("phase 1", self.phase_budgets()["phase 1"])
         self.saved_model_file = self.phase_model_files[1]
         self._log_phase("phase 1/2: modality-only stabilisation (adapters + encoder)")
 
@@ -119,7 +142,7 @@ class DeCoRecTrainer(Trainer):
                                 "(saved=False keeps no best checkpoint).")
         self.model.reset_collaborative_parameters()
         self.model.set_phase(2)
-        self._reset_run_state(self._phase_epochs(2))
+        self._begin_stage("phase 2", self.phase_budgets()["phase 2"])
         self.saved_model_file = self.phase_model_files[2]
         frozen = "adapters frozen" if self.model.freeze_adapter_phase2 else "adapters trainable"
         self._log_phase(f"phase 2/2: collaborative-semantic fusion (ID + interest embeddings, {frozen})")
@@ -127,13 +150,17 @@ class DeCoRecTrainer(Trainer):
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
             callback_fn=None):
         schedule = self.model.phase_schedule
+        self.stage_epochs = {}
         if schedule != "two_phase":
             phase = 1 if schedule == "phase1_only" else 2
             self.model.set_phase(phase)
-            self._reset_run_state(self._phase_epochs(phase) if phase == 1 else int(self.config["epochs"]))
+            (name, budget), = self.phase_budgets().items()
+            self._begin_stage(name, budget)
             self.saved_model_file = self.final_model_file
             self._log_phase(f"single run ({schedule}, phase {phase} model)")
-            return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+            result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+            self._log_epochs_run()
+            return result
 
         self.start_phase1()
         result1 = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
@@ -143,4 +170,10 @@ class DeCoRecTrainer(Trainer):
         result2 = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
         self.phase_results[2] = result2
         self.logger.info(set_color("DeCoRec phase 2 best valid", "yellow") + f": {result2[1]}")
+        self._log_epochs_run()
         return result2
+
+    def _log_epochs_run(self) -> None:
+        self._stage = None
+        self.logger.info(set_color("DeCoRec epochs run", "yellow") + ": "
+                         + stage_epochs_line(self.stage_epochs, self.config["epochs"]))

@@ -10,6 +10,11 @@
   validation and saves ``<checkpoint_dir>/MISSRec-<dataset>-<epoch>.pth`` every ``save_step``
   epochs and after the last one; ``saved_model_file`` is the last checkpoint (the file
   fine-tuning reads). ``evaluate`` is skipped in this stage unless ``pretrain_eval: true``.
+
+Training budget: a MISSRec run is one stage (pre-training, or fine-tuning / training from scratch),
+so ``epochs`` is that run's total, as for every model. Pre-training then fine-tuning is two runs,
+each with its own ``epochs`` (the paper's recipes: ``MISSRec_pretrain.yaml`` 100,
+``MISSRec_finetune.yaml`` at most 300 with early stopping).
 """
 from __future__ import annotations
 

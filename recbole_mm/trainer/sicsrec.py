@@ -11,7 +11,13 @@
   frozen ID encoder), a fresh optimiser over the trainable parameters, fresh early stopping, and
   the checkpoint ``saved_model_file`` - so ``evaluate(load_best_model=True)`` tests step 2's best.
 
-``step1_epochs`` (default: ``epochs``) bounds step 1. Each step is logged.
+Training budget (:func:`recbole_mm.config.split_epochs`): ``epochs`` is the run's total. Steps 1
+and 2 share it equally (step 2 takes an odd remainder: ``epochs: 5`` = 2 + 3); ``step1_epochs`` /
+``step2_epochs`` set to a number fix that step and leave the rest of ``epochs`` to the other; both
+set = the paper's schedule (e.g. 300 + 300), ``epochs`` unused. Without a trained step 1
+(``pretrain_branch: none`` or ``step1_checkpoint``) step 2 trains ``step2_epochs`` or ``epochs``.
+Budgets are upper bounds (early stopping per step). ``stage_epochs`` holds, per step, the budget
+and the epochs actually run; each step and the epochs run are logged.
 """
 from __future__ import annotations
 
@@ -22,12 +28,15 @@ from recbole.trainer import Trainer
 from recbole.utils import set_color
 
 from recbole_mm.compat import load_checkpoint
+from recbole_mm.config import split_epochs, stage_epochs_line
 
 
 class SICSRecTrainer(Trainer):
     def __init__(self, config, model):
         super().__init__(config, model)
         self.step_results = {}
+        self.stage_epochs = {}  # "step 1" -> {"budget": n, "run": epochs trained}
+        self._stage = None
         self._enter_step(2)  # the final configuration (what a bare epoch / the cost tool trains)
 
     # ------------------------------------------------------------------ helpers
@@ -48,6 +57,25 @@ class SICSRecTrainer(Trainer):
         self.cur_step = 0
         self.best_valid_score = -np.inf if self.valid_metric_bigger else np.inf
         self.best_valid_result = None
+
+    def step_budgets(self) -> dict:
+        """Epoch budget of each step this run trains (``{"step 1": n1, "step 2": n2}``)."""
+        if self.model.pretrain_branch != "none" and not self.config["step1_checkpoint"]:
+            n1, n2 = split_epochs(self.config, ["step1_epochs", "step2_epochs"], "SICSRec")
+            return {"step 1": n1, "step 2": n2}
+        return {"step 2": split_epochs(self.config, ["step2_epochs"], "SICSRec")[0]}
+
+    def _begin_stage(self, name: str, epochs: int) -> None:
+        self._stage = name
+        self.stage_epochs[name] = {"budget": int(epochs), "run": 0}
+        self.epochs = int(epochs)
+        self.eval_step = min(self.config["eval_step"], self.epochs)
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        if self._stage is not None:
+            self.stage_epochs[self._stage]["run"] += 1
+        return super()._train_epoch(train_data, epoch_idx, loss_func=loss_func,
+                                    show_progress=show_progress)
 
     def step1_file(self) -> str:
         stem, ext = os.path.splitext(self.saved_model_file)
@@ -73,7 +101,9 @@ class SICSRecTrainer(Trainer):
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
             callback_fn=None):
         model, config = self.model, self.config
-        final_file, epochs = self.saved_model_file, self.epochs
+        final_file = self.saved_model_file
+        budgets = self.step_budgets()
+        self.stage_epochs = {}
         if model.pretrain_branch != "none":
             if config["step1_checkpoint"]:
                 self._enter_step(1)
@@ -81,10 +111,11 @@ class SICSRecTrainer(Trainer):
             else:
                 self._enter_step(1)
                 self.saved_model_file = self.step1_file()
-                self.epochs = int(config["step1_epochs"] or epochs)
+                self._begin_stage("step 1", budgets["step 1"])
                 self.logger.info(set_color("SICSRec step 1/2", "green")
                                  + f": pre-training the {model.pretrain_branch} branch "
-                                 + f"({sum(p.numel() for p in self._trainable())} trainable parameters)")
+                                 + f"({sum(p.numel() for p in self._trainable())} trainable parameters, "
+                                 + f"epochs <= {self.epochs})")
                 score, result = super().fit(train_data, valid_data, verbose, saved, show_progress,
                                             callback_fn)
                 self.step_results[1] = (score, result)
@@ -93,12 +124,17 @@ class SICSRecTrainer(Trainer):
                     model.load_state_dict(ckpt["state_dict"])
                     self.logger.info(set_color("SICSRec step 1/2", "green")
                                      + f": best valid {result}; reloaded {self.saved_model_file}")
-            self.saved_model_file, self.epochs = final_file, epochs
+            self.saved_model_file = final_file
         self._enter_step(2)
+        self._begin_stage("step 2", budgets["step 2"])
         frozen = sorted({model.group_of(n) for n, p in model.named_parameters() if not p.requires_grad})
         self.logger.info(set_color("SICSRec step 2/2", "green")
                          + f": post-training, frozen groups {frozen}, LoRA {model.lora_mode if model.has_lora else 'none'}"
-                         + f" ({sum(p.numel() for p in self._trainable())} trainable parameters)")
+                         + f" ({sum(p.numel() for p in self._trainable())} trainable parameters, "
+                         + f"epochs <= {self.epochs})")
         score, result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
         self.step_results[2] = (score, result)
+        self._stage = None
+        self.logger.info(set_color("SICSRec epochs run", "green") + ": "
+                         + stage_epochs_line(self.stage_epochs, config["epochs"]))
         return score, result
