@@ -184,3 +184,16 @@ def test_report_of_cells_recorded_before_protocols(tmp_path):
     assert "| d | SASRec | - | - | epochs=3 (overrides only) | - |" in md
     assert _table(md, "## d")["SASRec"]["epochs"] == "3"
     assert json.loads(bm.summarize([rec])[0]["config"]) == {"epochs": 3}
+
+
+def test_cli_protocol_option(tiny_root, tmp_path, monkeypatch, capsys):
+    """``run_recbole_mm.py --protocol=paper``: the model's paper protocol, or a one-line error."""
+    sys.path.insert(0, ROOT)
+    import run_recbole_mm
+
+    args = ["--model=SASRec", "--dataset=mm_sample", f"--data_path={tiny_root}", "--protocol=paper"]
+    monkeypatch.setattr(sys, "argv", ["run_recbole_mm.py", *args])
+    assert run_recbole_mm.main(args) == 2
+    assert "error: protocol: paper, but SASRec has no paper protocol" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: plugin | paper
+        run_recbole_mm.main(["--model=MMSR", "--protocol=mine"])
