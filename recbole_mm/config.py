@@ -37,7 +37,8 @@ class ConfigError(ValueError):
     """A configuration value that cannot be used (the message names the key and the file)."""
 
 
-def _read_yaml(path: str) -> dict:
+def read_yaml(path: str) -> dict:
+    """A yaml file's mapping ({} when empty); a clear error naming the file otherwise."""
     import yaml
 
     with open(path, encoding="utf-8") as f:
@@ -57,7 +58,7 @@ def check_model_protocol(model_name: str) -> dict:
     path = model_yaml_path(model_name)
     if not os.path.isfile(path):
         return {}
-    data = _read_yaml(path)
+    data = read_yaml(path)
     top = [k for k in PROTOCOL_KEYS if k in data]
     if top:
         raise ConfigError(
@@ -83,7 +84,7 @@ def _check_paper_protocol(paper, where: str) -> dict:
 def models_with_paper_protocol() -> list[str]:
     folder = os.path.join(registry.properties_dir(), "model")
     return sorted(f[:-5] for f in os.listdir(folder)
-                  if f.endswith(".yaml") and _read_yaml(os.path.join(folder, f)).get("paper_protocol"))
+                  if f.endswith(".yaml") and read_yaml(os.path.join(folder, f)).get("paper_protocol"))
 
 
 def split_epochs(config, stage_keys, owner: str) -> list[int]:
