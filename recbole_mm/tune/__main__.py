@@ -69,6 +69,10 @@ def main(argv=None) -> int:
             DatasetFilesError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: the study is kept in {args.storage or out}; run the same command "
+              f"again to continue it", file=sys.stderr)
+        return 130
     study = res["study"]
     states = [t.state.name.lower() for t in study.get_trials(deepcopy=False)]
     counts = ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states)))

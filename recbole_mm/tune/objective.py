@@ -90,6 +90,9 @@ class Objective:
                                         trainer_hook=hook)
         except optuna.TrialPruned:
             raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("error", "interrupted")
+            raise
         except Exception as exc:
             text = str(exc).strip().splitlines()
             trial.set_user_attr("error", f"{type(exc).__name__}: {text[0][:500] if text else ''}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import warnings
 
 import optuna
@@ -43,12 +44,22 @@ def default_storage(out: str) -> str:
 def open_storage(url: str):
     """An RDB storage with heartbeats: a trial whose process died is failed after the grace
     period and run again (once) by the next process working on the study."""
+    import sqlalchemy.exc
+
     engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else None
-    with warnings.catch_warnings():  # heartbeats are marked experimental
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs=engine, heartbeat_interval=60, grace_period=600,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():  # heartbeats are marked experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine, heartbeat_interval=60, grace_period=600,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                        max_retry=1))
+        except sqlalchemy.exc.OperationalError as exc:
+            # two processes creating the same new database race on its tables: the loser retries
+            if "already exists" not in str(exc) or attempt == 4:
+                raise
+            time.sleep(0.5 * (attempt + 1))
 
 def prepare(model: str, dataset: str, space_file: str | None = None, fixed: dict | None = None,
             config_files: list | None = None):
@@ -144,10 +155,10 @@ def tune(model: str, dataset: str, trials: int, out: str, space_file: str | None
     else:
         raise ValueError(f"pruner must be 'median' or 'none', got {pruner!r}")
     study = open_study(open_storage(url), study_name, _compared(meta), None, the_pruner)
-    # TPE seeded, plus the number of trials already in the study: a continued search does not
-    # replay the random start-up proposals of the first process
-    seed = (meta["seed"] if sampler_seed is None else sampler_seed) + len(study.get_trials(deepcopy=False))
-    study.sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+    study.sampler = optuna.samplers.TPESampler(
+        seed=sampler_seed_for(meta["seed"] if sampler_seed is None else sampler_seed,
+                              len(study.get_trials(deepcopy=False))),
+        constant_liar=True)
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
     files = {}
 
@@ -160,11 +171,24 @@ def tune(model: str, dataset: str, trials: int, out: str, space_file: str | None
         objective = Objective(model_name, dataset, space, meta["fixed"], config_files,
                               checkpoint_dir=os.path.join(out, "checkpoints"),
                               keep_checkpoints=keep_checkpoints)
-        study.optimize(objective, n_trials=trials - done, catch=(Exception,),
-                       callbacks=[optuna.study.MaxTrialsCallback(trials, states=FINISHED),
-                                  report, failures])
+        try:
+            study.optimize(objective, n_trials=trials - done, catch=(Exception,),
+                           callbacks=[optuna.study.MaxTrialsCallback(trials, states=FINISHED),
+                                      report, failures])
+        except KeyboardInterrupt:  # the running trial is recorded as failed; the rest is kept
+            write_reports(study, out, meta, space)
+            raise
     files.update(write_reports(study, out, meta, space))
     return {"study": study, "files": files, "failures": failures, "storage": url}
+
+
+def sampler_seed_for(seed: int, trials_before: int) -> int:
+    """TPE's seed from the configured seed and the number of trials already in the study: a fresh
+    search is reproducible, and a continued one does not replay the first one's random start-up
+    proposals (distinct pairs give distinct seeds)."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(seed), int(trials_before)]).generate_state(1)[0])
 
 
 def _compared(meta: dict) -> dict:
