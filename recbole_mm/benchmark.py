@@ -83,10 +83,12 @@ PROFILES = {
         "datasets": ["scientific_mm"],
     },
     "full": {
-        "description": "full profile (GPU): plugin models use their paper defaults "
+        "description": "full profile (GPU): plugin models train with their paper defaults "
                        "(properties/model/<M>.yaml); RecBole baselines use d=300 and batch 512 "
-                       "(SGP4SR's baseline setting), RecBole's other defaults; at most 300 "
-                       "epochs with early stopping patience 10 on valid NDCG@10",
+                       "(SGP4SR's baseline setting), RecBole's other defaults; every model under "
+                       "the plugin-wide protocol (early stopping patience 10 on valid NDCG@10); "
+                       "epochs = each model's own total (300, MMSR 150; DeCoRec and SICSRec "
+                       "share it over their two stages)",
         "config": {},
         "baseline_config": {"hidden_size": 300, "embedding_size": 300, "train_batch_size": 512},
         "datasets": ["scientific_mm"],
