@@ -23,14 +23,16 @@ import torch
 
 
 def measure(model_name: str, dataset: str, overrides: dict, epochs: int = 1,
-            eval_repeats: int = 3) -> dict:
+            eval_repeats: int = 3, inspect=None) -> dict:
     """Train ``epochs`` epoch(s), then run the full-ranking test evaluation ``eval_repeats`` times;
-    return timings (s): the fastest epoch and the fastest evaluation (the least disturbed ones)."""
+    return timings (s): the fastest epoch and the fastest evaluation (the least disturbed ones).
+    ``inspect(config, model, train_data, test_data)`` may return more fields for the result."""
     from recbole.utils import init_logger, init_seed
 
     from recbole_mm import registry
     from recbole_mm.config import MMConfig
     from recbole_mm.data.batching import data_preparation
+    from recbole_mm.fast import prepare_training
     from recbole_mm.quick_start import create_dataset
 
     cfg = {"state": "WARNING", "show_progress": False, **overrides}
@@ -43,6 +45,7 @@ def measure(model_name: str, dataset: str, overrides: dict, epochs: int = 1,
     t0 = time.perf_counter()
     model = model_class(config, train_data._dataset).to(config["device"])
     build_s = time.perf_counter() - t0
+    prepare_training(config, model)
     trainer = registry.get_trainer(model_class, config)(config, model)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -60,6 +63,7 @@ def measure(model_name: str, dataset: str, overrides: dict, epochs: int = 1,
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         eval_times.append(time.perf_counter() - t0)
+    extra = inspect(config, model, train_data, test_data) if inspect is not None else {}
     peak = (torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available()
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return {
@@ -68,7 +72,7 @@ def measure(model_name: str, dataset: str, overrides: dict, epochs: int = 1,
         "eval_s": round(min(eval_times), 3), "train_epoch_all_s": [round(t, 3) for t in train_times],
         "eval_all_s": [round(t, 3) for t in eval_times], "peak_mem_mb": round(peak, 1),
         "params": sum(p.numel() for p in model.parameters()),
-        "test_result": {k: float(v) for k, v in result.items()},
+        "test_result": {k: float(v) for k, v in result.items()}, **extra,
     }
 
 
@@ -80,6 +84,19 @@ def compare(model_name: str, dataset: str, overrides: dict, reference: str = "SA
         "model": cur, "reference": ref,
         "train_ratio": round(cur["train_epoch_s"] / max(ref["train_epoch_s"], 1e-9), 3),
         "eval_ratio": round(cur["eval_s"] / max(ref["eval_s"], 1e-9), 3),
+    }
+
+
+def provenance(tool: str, argv=None) -> dict:
+    """What a checked-in result file must say about itself: command, commit, date, device, load."""
+    from datetime import datetime, timezone
+
+    from recbole_mm.benchmark import device_description, git_commit
+
+    return {
+        "command": f"python -m {tool} " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "commit": git_commit(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": device_description(), "load_avg_1m": round(os.getloadavg()[0], 2),
     }
 
 
@@ -99,14 +116,7 @@ def main(argv=None):
     overrides = parse_overrides(rest)
     out = compare(args.model, args.dataset, overrides, args.reference, args.epochs_timed,
                   args.eval_repeats)
-    from datetime import datetime, timezone
-
-    from recbole_mm.benchmark import device_description, git_commit
-    out["provenance"] = {  # what a checked-in result file must say about itself
-        "command": "python -m recbole_mm.cost " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "commit": git_commit(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": device_description(), "load_avg_1m": round(os.getloadavg()[0], 2),
-    }
+    out["provenance"] = provenance("recbole_mm.cost", argv)
     print(json.dumps(out, indent=2))
     print(f"{args.model} vs {args.reference} on {args.dataset}: train epoch x{out['train_ratio']}, "
           f"full-ranking eval x{out['eval_ratio']}")

@@ -90,7 +90,7 @@ def trim_interaction(dataset, interaction, model_name: str = "?"):
     if longest >= width:
         return interaction
     for name in position_fields(dataset, interaction):
-        interaction[name] = interaction[name][:, :longest]
+        interaction[name] = interaction[name][:, :longest].contiguous()
     return interaction
 
 

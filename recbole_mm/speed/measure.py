@@ -1,0 +1,29 @@
+"""One model, two paths: RecBole's padded loaders and the plugin's trimmed ones, timed alike."""
+from __future__ import annotations
+
+from recbole_mm.cost import measure
+
+#: the two paths compared; ``trim_padding: false`` restores RecBole's loaders and modules exactly
+PATHS = {"padded": {"trim_padding": False}, "trimmed": {}}
+
+
+def count_positions(config, model, train_data, test_data) -> dict:
+    """Real history tokens of the training rows against the positions one epoch's batches hold
+    (rows x width, summed over batches), and the shape figures the floor needs."""
+    ds = train_data._dataset
+    lengths = ds.inter_feat[ds.item_list_length_field]
+    positions = 0
+    for batch in train_data:
+        positions += batch[ds.item_id_list_field].numel()
+    return {"rows": int(len(lengths)), "tokens": int(lengths.sum()), "positions": int(positions),
+            "n_items": int(ds.item_num), "hidden_size": int(config["hidden_size"] or 64),
+            "inner_size": int(config["inner_size"] or 4 * int(config["hidden_size"] or 64)),
+            "n_layers": int(config["n_layers"] or 2)}
+
+
+def measure_paths(model_name: str, dataset: str, overrides: dict, epochs: int = 2,
+                  eval_repeats: int = 2) -> dict:
+    """``{'padded': result, 'trimmed': result}`` (see :func:`recbole_mm.cost.measure`)."""
+    return {path: measure(model_name, dataset, {**overrides, **extra}, epochs, eval_repeats,
+                          inspect=count_positions)
+            for path, extra in PATHS.items()}

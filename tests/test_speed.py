@@ -1,0 +1,36 @@
+"""The speed report (recbole_mm.speed): position counts, floor, report rows (never timed)."""
+from __future__ import annotations
+
+import json
+
+from recbole_mm.speed.floor import epoch_flops, matmul_rate
+
+
+def test_epoch_flops_counts_tokens_and_softmax():
+    base = epoch_flops(tokens=0, rows=10, n_items=100, hidden=8, inner=16, layers=2)
+    assert base == 3.0 * 10 * 100 * 8 * 2
+    more = epoch_flops(tokens=5, rows=10, n_items=100, hidden=8, inner=16, layers=2)
+    assert more - base == 3.0 * 5 * 2 * (4 * 64 + 2 * 8 * 16) * 2
+
+
+def test_matmul_rate_is_positive():
+    rate = matmul_rate(16, 64, rows=32, repeats=1)
+    assert rate["rate"] > 0 and rate["rate"] == max(rate["projection"], rate["softmax"])
+
+
+def test_speed_report_on_the_sample(tiny_root, tmp_path, capsys):
+    from recbole_mm.speed.__main__ import main
+
+    out = tmp_path / "speed.json"
+    main(["--models=SASRec", "--dataset=mm_sample", "--epochs_timed=1", "--eval_repeats=1",
+          f"--json={out}", f"--data_path={tiny_root}", "--hidden_size=8", "--inner_size=16",
+          "--n_layers=1", "--n_heads=1", "--state=WARNING"])
+    result = json.loads(out.read_text())
+    row = result["rows"][0]
+    runs = result["runs"]["SASRec"]
+    # RecBole's path pads every row to the full width; the trimmed path holds every real token
+    assert row["padded_positions"] == runs["padded"]["rows"] * 50
+    assert row["tokens"] <= row["trimmed_positions"] < row["padded_positions"]
+    assert row["floor_s"] > 0 and row["trimmed_epoch_s"] > 0
+    assert "| SASRec |" in capsys.readouterr().out
+    assert result["provenance"]["command"].startswith("python -m recbole_mm.speed")
