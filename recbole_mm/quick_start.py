@@ -18,6 +18,7 @@ from recbole_mm.evaluation import apply_eval_options
 from recbole_mm.resume import ResumeError, read_state
 from recbole_mm.resume import attach as attach_resume_state
 from recbole_mm.resume import restore as restore_training
+from recbole_mm.fast import prepare_training
 
 
 def create_dataset(config):
@@ -121,6 +122,7 @@ def _run_single(model, dataset, config_file_list, config_dict, saved, queue=None
     model = model_class(config, train_data._dataset).to(config["device"])
     logger.info(model)
 
+    prepare_training(config, model)
     tracking.start(config)
     trainer = registry.get_trainer(model_class, config)(config, model)
     distributed = not config["single_spec"]
