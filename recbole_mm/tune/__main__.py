@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune_warmup", type=int, default=3,
                    help="validations of a trial before it can be pruned (default 3)")
     p.add_argument("--keep_checkpoints", action="store_true",
-                   help="keep every trial's checkpoint under <out>/checkpoints")
+                   help="keep every trial's checkpoints under <out>/checkpoints/trial_<n>")
     return p
 
 
@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args, rest = build_parser().parse_known_args(argv)
 
-    from recbole_mm.config import parse_overrides
+    from recbole_mm.config import ConfigError, parse_overrides
     from recbole_mm.data.dataset import DatasetFilesError
     from recbole_mm.data.features import FeatureFileError
     from recbole_mm.registry import UnknownNameError
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
                    prune_startup=args.prune_startup, prune_warmup=args.prune_warmup,
                    keep_checkpoints=args.keep_checkpoints)
     except (SpaceError, StudyMismatchError, UnknownNameError, FeatureFileError,
-            DatasetFilesError) as exc:
+            DatasetFilesError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -12,6 +12,7 @@ import gc
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 
@@ -43,10 +44,8 @@ class PruningHook:
     def __init__(self, trial: optuna.trial.Trial):
         self.trial = trial
         self.steps = 0
-        self.saved_model_file = None
 
     def __call__(self, config, dataset, model, trainer):
-        self.saved_model_file = getattr(trainer, "saved_model_file", None)
         original = trainer._valid_epoch
 
         def _valid_epoch(valid_data, *args, **kwargs):
@@ -70,10 +69,15 @@ class Objective:
         self.fixed, self.config_files = dict(fixed), list(config_files or []) or None
         self.checkpoint_dir, self.keep_checkpoints = checkpoint_dir, keep_checkpoints
 
-    def config_dict(self, params: dict) -> dict:
-        cfg = {"checkpoint_dir": self.checkpoint_dir}
+    def trial_dir(self, trial) -> str:
+        """The trial's own checkpoint folder (best model, training state, a multi-stage
+        trainer's stage files): removed after the trial unless checkpoints are kept."""
+        return os.path.join(self.checkpoint_dir, f"trial_{trial.number}")
+
+    def config_dict(self, params: dict, trial) -> dict:
+        cfg = {"checkpoint_dir": self.trial_dir(trial)}
         cfg.update(params)
-        cfg.update(self.fixed)
+        cfg.update(self.fixed)  # a fixed checkpoint_dir is the user's: never removed
         return cfg
 
     def __call__(self, trial: optuna.trial.Trial) -> float:
@@ -86,7 +90,7 @@ class Objective:
         try:
             with plain_argv():
                 result = run_recbole_mm(self.model, self.dataset, config_file_list=self.config_files,
-                                        config_dict=self.config_dict(params), saved=True,
+                                        config_dict=self.config_dict(params, trial), saved=True,
                                         trainer_hook=hook)
         except optuna.TrialPruned:
             raise
@@ -101,8 +105,8 @@ class Objective:
             trial.set_user_attr("validations", hook.steps)
             trial.set_user_attr("seconds", round(time.time() - start, 3))
             _drop_new_handlers(handlers)
-            if not self.keep_checkpoints and hook.saved_model_file and os.path.isfile(hook.saved_model_file):
-                os.remove(hook.saved_model_file)
+            if not self.keep_checkpoints and "checkpoint_dir" not in self.fixed:
+                shutil.rmtree(self.trial_dir(trial), ignore_errors=True)
             gc.collect()
             _empty_cuda_cache()
         trial.set_user_attr("test_result", _floats(result.get("test_result")))

@@ -6,7 +6,8 @@
     weight_decay: {low: 1.0e-6, high: 1.0e-2, log: true}   # floats, sampled on a log scale
     lora_targets: {choices: [[attn], [attn, ffn]]}   # choices may be lists or mappings too
 
-A range is integer when ``low``, ``high`` (and ``step``) are all integers, float otherwise. Every
+Values are read as RecBole reads its yaml files (``1e-4`` is a float). A range is integer when
+``low``, ``high`` (and ``step``) are all integers, float otherwise. Every
 key must be a configuration key that the layered configuration of the model and dataset defines
 (RecBole's defaults, ``properties/overall.yaml``, the model's and the dataset's yaml): a typo would
 otherwise be searched without effect. The papers' grids ship as ``properties/spaces/<Model>.yaml``.
@@ -142,9 +143,11 @@ def load_space(path: str) -> dict[str, Param]:
     """Read and check the form of a space file (keys are checked by ``check_keys``)."""
     if not os.path.isfile(path):
         raise SpaceError(f"{path}: search-space file not found")
+    from recbole.config import Config
+
     try:
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
+        with open(path, encoding="utf-8") as f:  # RecBole's yaml loader: 1e-4 is a float
+            raw = yaml.load(f, Loader=Config._build_yaml_loader(None))
     except yaml.YAMLError as exc:
         first = str(exc).strip().splitlines()
         raise SpaceError(f"{path}: not valid YAML ({' '.join(first[:2])})") from None
