@@ -104,12 +104,25 @@ def get_dataset_class(model_class):
 
 
 def get_trainer(model_class, config):
+    """The trainer class: the model's ``trainer_class`` or RecBole's choice; with
+    ``train_all_positions`` the loss is taken at every position (recbole_mm.trainer.all_positions)."""
     cls = getattr(model_class, "trainer_class", None)
-    if cls is not None:
-        return cls
-    from recbole.utils import get_trainer as rb_get_trainer
+    if cls is None:
+        from recbole.utils import get_trainer as rb_get_trainer
 
-    return rb_get_trainer(config["MODEL_TYPE"], config["model"])
+        cls = rb_get_trainer(config["MODEL_TYPE"], config["model"])
+    if _setting(config, "train_all_positions"):
+        from recbole_mm.trainer.all_positions import with_all_positions
+
+        cls = with_all_positions(cls)
+    return cls
+
+
+def _setting(config, key):
+    try:
+        return config[key]
+    except KeyError:
+        return None
 
 
 def properties_dir() -> str:
