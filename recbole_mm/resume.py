@@ -101,11 +101,12 @@ def set_rng_state(state: dict, train_data, where: str) -> None:
 # ---------------------------------------------------------------------------------- saving
 def check_resumable(trainer) -> None:
     """Refuse trainers whose ``fit`` runs stages the training state cannot describe: a trainer
-    that overrides ``fit`` must declare ``resume_stage()`` / ``restore_stage(stage)``."""
+    that overrides ``fit`` must declare ``resume_stage()`` / ``restore_stage(stage)``.
+    ``trainer`` may be a trainer or its class."""
     from recbole.trainer import Trainer
 
-    cls = type(trainer)
-    if cls.fit is Trainer.fit or hasattr(trainer, "resume_stage"):
+    cls = trainer if isinstance(trainer, type) else type(trainer)
+    if cls.fit is Trainer.fit or hasattr(cls, "resume_stage"):
         return
     raise ResumeError(f"{cls.__name__} runs its own training schedule (it overrides fit) and does "
                       f"not save its stage (resume_stage / restore_stage): it cannot be resumed.")
@@ -171,8 +172,9 @@ def read_state(path: str) -> dict:
     """Load a training state (``X.pth`` names the state ``X.resume.pth`` beside it)."""
     file = state_path(path)
     if not os.path.isfile(file):
-        hint = (f" ({path} is there, but training states are written only by runs with "
-                f"save_resume_state on, since this feature exists)") if os.path.isfile(path) else ""
+        hint = ""
+        if os.path.isfile(path) and path != file:
+            hint = f" ({path} is there, but its run wrote no training state: {_why_no_state(path)})"
         raise ResumeError(f"cannot resume: training state {file} not found{hint}.")
     try:
         state = load_checkpoint(file)
@@ -196,6 +198,26 @@ def _check_unfinished(trainer, state: dict, file: str) -> None:
         raise ResumeError(f"cannot resume: the run in {file} stopped early after epoch "
                           f"{done - 1} ({state['cur_step']} validations without improvement, "
                           f"stopping_step {stopping}); pass a larger --stopping_step to go on.")
+
+
+def _why_no_state(model_file: str) -> str:
+    """Why the run of the best checkpoint ``model_file`` left no training state."""
+    from recbole.utils import get_trainer as rb_get_trainer
+
+    from recbole_mm import registry
+
+    try:
+        saved = load_checkpoint(model_file)["config"]
+        model_class = registry.get_model(saved["model"])
+        cls = getattr(model_class, "trainer_class", None) or rb_get_trainer(
+            model_class.type, saved["model"])
+        check_resumable(cls)
+    except ResumeError as exc:
+        return str(exc)
+    except Exception:  # an unreadable checkpoint: the generic reason below
+        pass
+    return ("it ran with save_resume_state: false, with saved=False, distributed (--nproc), or "
+            "before training states existed")
 
 
 def restore(trainer, train_data, state: dict, file: str) -> None:

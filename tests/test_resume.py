@@ -113,3 +113,14 @@ def _best_as_state(done, tmp_path):
     target = str(tmp_path / "best.resume.pth")
     shutil.copy(done["saved_model_file"], target)
     return target
+
+
+def test_multi_stage_run_says_why_it_cannot_resume(tiny_root, tmp_path):
+    from recbole_mm.quick_start import run_recbole_mm
+    from recbole_mm.resume import ResumeError
+
+    done = run_recbole_mm("DeCoRec", "mm_sample",
+                          config_dict=_settings(tiny_root, tmp_path / "d", epochs=2))
+    assert not glob.glob(str(tmp_path / "d" / "*.resume.pth"))
+    with pytest.raises(ResumeError, match="DeCoRecTrainer runs its own training schedule"):
+        run_recbole_mm(resume=done["saved_model_file"])
