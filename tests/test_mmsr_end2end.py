@@ -175,7 +175,7 @@ def test_end2end_trains_only_top_blocks_and_ranks_all_items(e2e_root, tmp_path):
                if not torch.equal(p, top[n])]
     assert changed  # the top block trained
     result = trainer.evaluate(test, load_best_model=False)
-    assert 0.0 <= result["ndcg@10"] <= result["hit@10"] <= 1.0
+    assert 0.0 <= result["ndcg@10"] <= result["recall@10"] <= 1.0
     assert model._item_table is not None and model._item_table.shape == (model.n_items, 16)
 
 
