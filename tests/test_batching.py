@@ -168,3 +168,62 @@ def test_all_empty_histories_are_refused(make_config):
     batch[train._dataset.item_list_length_field] = torch.zeros(4, dtype=torch.long)
     with pytest.raises(batching.BatchError, match="item_length.*SASRec|SASRec.*item_length"):
         batching.trim_interaction(train._dataset, batch, "SASRec")
+
+
+# ---------------------------------------------------------------------------- all positions
+def test_window_rows_cover_every_target_once(make_config):
+    config, (train, _, _) = _loaders(make_config, "SASRec", trim_padding=False)
+    ds = train._dataset
+    rows = batching.window_rows(ds, 4)
+    uid = ds.inter_feat[ds.uid_field].numpy()
+    lens = ds.inter_feat[ds.item_list_length_field].numpy()
+    for u in np.unique(uid)[:30]:
+        mine = np.flatnonzero(uid == u)
+        kept = [r for r in rows if uid[r] == u]
+        m = len(mine)
+        # rows predict items 1..m; kept rows predict m, m-4, ...; each covers min(len, 4) targets
+        assert len(kept) == -(-m // 4)
+        assert sum(min(int(lens[r]), 4) for r in kept) >= m
+    assert len(batching.window_rows(ds, 50)) == len(np.unique(uid))  # short histories: one row
+
+
+@pytest.mark.parametrize("model_name", ["SASRec", "GRU4Rec", "SASRecF", "FDSA"])
+def test_all_position_loss_equals_prefix_losses(make_config, model_name):
+    """Fixed weights, dropout off: the all-position loss summed over positions equals the sum of
+    RecBole's per-prefix losses over the same (prefix, target) pairs."""
+    from recbole_mm.model.all_positions import all_position_loss
+
+    config, (train, _, _) = _loaders(make_config, model_name, trim_padding=False)
+    model = _build_model(config, train)
+    model.eval()
+    ds = train._dataset
+    uid = ds.inter_feat[ds.uid_field].numpy()
+    users = np.unique(uid)[:12]
+    prefix_rows = np.flatnonzero(np.isin(uid, users))
+    latest = [r for r in batching.window_rows(ds, 50) if uid[r] in set(users.tolist())]
+    with torch.no_grad():
+        prefix = ds[prefix_rows]
+        per_prefix = model.calculate_loss(prefix) * len(prefix_rows)  # RecBole: mean over rows
+        total = all_position_loss(model, ds[np.asarray(latest)], reduction="sum")
+    assert len(latest) == len(users) < len(prefix_rows)
+    torch.testing.assert_close(total, per_prefix, rtol=1e-4, atol=1e-4)
+
+
+def test_all_position_training_runs_and_keeps_one_row_per_user(make_config):
+    from recbole_mm import registry
+    from recbole_mm.trainer.all_positions import AllPositionTraining
+
+    config, (train, valid, test) = _loaders(make_config, "SASRec", train_all_positions=True)
+    ds = train._dataset
+    assert len(ds.inter_feat) == len(np.unique(ds.inter_feat[ds.uid_field].numpy()))
+    model = _build_model(config, train)
+    trainer = registry.get_trainer(type(model), config)(config, model)
+    assert isinstance(trainer, AllPositionTraining)
+    loss = trainer._train_epoch(train, 0)
+    assert np.isfinite(loss)
+
+
+@pytest.mark.parametrize("model_name", ["BERT4Rec"])
+def test_all_positions_refused_for_unsupported_models(make_config, model_name):
+    with pytest.raises(ValueError, match=f"train_all_positions.*{model_name}"):
+        _loaders(make_config, model_name, train_all_positions=True)

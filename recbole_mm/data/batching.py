@@ -214,30 +214,83 @@ class TrimmedFullSortEvalDataLoader(_TrimmedLoader, FullSortEvalDataLoader):
         return interaction, None, positive_u, interaction[self.iid_field]
 
 
+def window_rows(train_dataset, width: int) -> np.ndarray:
+    """Rows of the training split that all-position training keeps (``train_all_positions``).
+
+    A user's training rows predict items ``1 .. m`` of their training sequence (row ``i`` in time
+    order predicts item ``i + 1`` from the items before it, RecBole's prefix augmentation). The
+    rows kept predict items ``m, m - W, m - 2W, ...`` (``W`` = ``width``, the history window): the
+    loss at every position of each kept row's history then covers every training target exactly
+    once. For users with at most ``W + 1`` training items (almost all of them) that is their latest
+    row alone, which sees exactly the (prefix, target) pairs of RecBole's rows; a longer user's
+    earlier windows start with shorter contexts than RecBole's sliding rows.
+    """
+    feat = train_dataset.inter_feat
+    uid = feat[train_dataset.uid_field].numpy()
+    length = feat[train_dataset.item_list_length_field].numpy()
+    order = np.argsort(uid, kind="stable")
+    uid_sorted = uid[order]
+    starts = np.flatnonzero(np.r_[True, uid_sorted[1:] != uid_sorted[:-1]])
+    ends = np.r_[starts[1:], len(uid_sorted)]
+    keep = []
+    for s, e in zip(starts, ends):
+        rows = order[s:e]  # file order of this user's rows
+        if length[rows[0]] > length[rows[-1]]:  # newest first (UniSRec files): time order
+            rows = rows[::-1]
+        m = len(rows)
+        keep.extend(rows[i] for i in range(m - 1, -1, -width))
+    return np.sort(np.asarray(keep, dtype=np.int64))
+
+
+def _keep_all_position_rows(config, train_dataset) -> None:
+    """``train_all_positions``: check the model supports it, keep :func:`window_rows`."""
+    from recbole_mm.model.all_positions import check_support
+
+    check_support(config)
+    if getattr(train_dataset, "all_position_rows", False):  # e.g. MMSR's dense_train
+        return
+    keep = window_rows(train_dataset, padded_width(train_dataset))
+    before = len(train_dataset.inter_feat)
+    train_dataset.inter_feat = train_dataset.inter_feat[torch.as_tensor(keep, dtype=torch.long)]
+    train_dataset.all_position_rows = True
+    getLogger().info(f"train_all_positions: {len(keep)} of {before} training rows kept "
+                     f"(one per user and history window); loss at every position")
+
+
 def data_preparation(config, dataset):
     """RecBole's ``data_preparation`` with the plugin's trimmed loaders for sequential models (see
-    the module docstring). ``trim_padding: false``, a model with ``trim_exact = False``, or saved
-    dataloaders (``save_dataloaders``) take RecBole's function unchanged."""
+    the module docstring) and ``train_all_positions``' row selection. ``trim_padding: false`` (or
+    a model with ``trim_exact = False``) keeps RecBole's loader classes; saved dataloaders
+    (``save_dataloaders`` / ``dataloaders_save_path``) take RecBole's function unchanged."""
     from recbole.data import data_preparation as rb_data_preparation
     from recbole.data.utils import create_samplers, get_dataloader, load_split_dataloaders
 
-    if not trimming_enabled(config) or config["save_dataloaders"] or load_split_dataloaders(config):
-        if config["MODEL_TYPE"] == ModelType.SEQUENTIAL and config["trim_padding"] is not False \
-                and not trimming_enabled(config):
-            getLogger().info(f"{config['model']} declares trim_exact = False: its batches keep "
-                             f"the full width ({config['MAX_ITEM_LIST_LENGTH']}).")
+    if config["MODEL_TYPE"] != ModelType.SEQUENTIAL or config["save_dataloaders"] \
+            or load_split_dataloaders(config):
+        if config["train_all_positions"]:
+            raise ValueError(f"train_all_positions: true needs a sequential model and no saved "
+                             f"dataloaders (model {config['model']}, save_dataloaders / "
+                             f"dataloaders_save_path).")
         return rb_data_preparation(config, dataset)
+    trim = trimming_enabled(config)
+    if config["MODEL_TYPE"] == ModelType.SEQUENTIAL and config["trim_padding"] is not False and not trim:
+        getLogger().info(f"{config['model']} declares trim_exact = False: its batches keep "
+                         f"the full width ({config['MAX_ITEM_LIST_LENGTH']}).")
     built = dataset.build()
+    if config["train_all_positions"]:
+        _keep_all_position_rows(config, built[0])
     samplers = create_samplers(config, dataset, built)
     loaders = []
     for phase, ds, sampler in zip(("train", "valid", "test"), built, samplers):
-        cls = TRIMMED.get(get_dataloader(config, phase), get_dataloader(config, phase))
+        cls = get_dataloader(config, phase)
+        if trim:
+            cls = TRIMMED.get(cls, cls)
         shuffle = config["shuffle"] if phase == "train" else False
         loaders.append(cls(config, ds, sampler, shuffle=shuffle))
     getLogger().info(
-        f"[Batching]: {type(loaders[0]).__name__} / {type(loaders[1]).__name__}: histories cut "
-        f"to each batch's longest (trim_padding), training rows bucketed by length: "
-        f"{config['bucket_by_length'] is not False}")
+        f"[Batching]: {type(loaders[0]).__name__} / {type(loaders[1]).__name__}"
+        + (f"; histories cut to each batch's longest (trim_padding), training rows bucketed by "
+           f"length: {config['bucket_by_length'] is not False}" if trim else ""))
     return tuple(loaders)
 
 

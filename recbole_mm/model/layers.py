@@ -142,6 +142,19 @@ class Dropout(nn.Dropout):
         return dropout(x, self.p, self.training)
 
 
+def next_item_targets(item_seq: torch.Tensor, item_seq_len: torch.Tensor, pos_items: torch.Tensor):
+    """The next item at every position of right-padded histories: ``item_seq[t+1]`` for
+    ``t < len-1`` and the row's target ``pos_items`` at ``len-1``; returns ``(targets [B, L],
+    valid [B, L] bool)`` with 0 at padding (all-position / dense next-item training)."""
+    B, L = item_seq.shape
+    pos = torch.arange(L, device=item_seq.device)[None]
+    targets = torch.cat([item_seq[:, 1:], item_seq.new_zeros(B, 1)], dim=1)
+    last = pos == (item_seq_len - 1)[:, None]
+    targets = torch.where(last, pos_items[:, None].expand(B, L), targets)
+    valid = pos < item_seq_len[:, None]
+    return targets * valid, valid
+
+
 def gumbel_softmax_choice(logits: torch.Tensor, tau: float = 1.0, hard: bool = False,
                           stochastic: bool = True, dim: int = -1) -> torch.Tensor:
     """A (soft) choice among the entries of ``dim``: Gumbel-softmax weights.

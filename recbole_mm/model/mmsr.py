@@ -16,6 +16,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
 from recbole_mm.data.batching import padded_width
+from recbole_mm.model.layers import next_item_targets
 from recbole_mm.model.mmsr_backbones import build_backbone
 from recbole_mm.model.mmsr_data import MMSRDataset
 from recbole_mm.model.mmsr_towers import ItemTower
@@ -73,15 +74,8 @@ class MMSR(SequentialRecommender):
         return item_seq.gather(1, idx), item_seq_len.clamp_max(L)
 
     def dense_targets(self, item_seq, item_seq_len, pos_items):
-        """Next item at every position: ``item_seq[t+1]`` for t < len-1, the target at len-1;
-        returns ``(targets [B, L], valid [B, L] bool)``."""
-        B, L = item_seq.shape
-        pos = torch.arange(L, device=item_seq.device)[None]
-        targets = torch.cat([item_seq[:, 1:], item_seq.new_zeros(B, 1)], dim=1)
-        last = pos == (item_seq_len - 1)[:, None]
-        targets = torch.where(last, pos_items[:, None].expand(B, L), targets)
-        valid = pos < item_seq_len[:, None]
-        return targets * valid, valid
+        """Next item at every position (:func:`~recbole_mm.model.layers.next_item_targets`)."""
+        return next_item_targets(item_seq, item_seq_len, pos_items)
 
     def sample_negatives(self, item_seq, targets, valid):
         """One uniform item in ``[1, n_items)`` per valid position, redrawn while it is in the
