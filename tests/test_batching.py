@@ -227,3 +227,12 @@ def test_all_position_training_runs_and_keeps_one_row_per_user(make_config):
 def test_all_positions_refused_for_unsupported_models(make_config, model_name):
     with pytest.raises(ValueError, match=f"train_all_positions.*{model_name}"):
         _loaders(make_config, model_name, train_all_positions=True)
+
+
+@pytest.mark.parametrize("model_name", ["SGP4SR", "DeCoRec", "MISSRec", "SICSRec", "MMSR"])
+def test_plugin_models_declare_all_position_support(model_name):
+    from recbole_mm import registry
+    from recbole_mm.model.all_positions import support
+
+    ok, why = support(registry.get_model(model_name))
+    assert not ok and len(why) > 20  # each says why, for the error and its docs page

@@ -74,6 +74,9 @@ class DeCoRec(SequentialRecommender):
     r"""DeCoRec (see the module docstring). ``phase`` (1 or 2) selects the forward pass."""
 
     trainer_class = DeCoRecTrainer
+    all_positions = False  # train_all_positions (recbole_mm.model.all_positions)
+    all_positions_reason = ("its phase losses fuse several streams and regularisers at the last "
+                            "position; a per-position form is not implemented")
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

@@ -151,6 +151,9 @@ class MISSRec(SequentialRecommender):
 
     input_type = InputType.POINTWISE
     dataset_class = MultiDomainDataset
+    all_positions = False  # train_all_positions (recbole_mm.model.all_positions)
+    all_positions_reason = ("its interest tokens are pooled over the whole history and its "
+                            "decoder reads them all: a position's output depends on later items")
     trainer_class = MISSRecTrainer
 
     def __init__(self, config, dataset):

@@ -29,6 +29,9 @@ class MMSR(SequentialRecommender):
     input_type = InputType.POINTWISE
     dataset_class = MMSRDataset
     trainer_class = MMSRTrainer
+    all_positions = False  # train_all_positions (recbole_mm.model.all_positions)
+    all_positions_reason = ("MMSR already trains on every position of one row per user, its "
+                            "paper's dense loss (dense_train: true)")
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

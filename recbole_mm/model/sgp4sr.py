@@ -398,6 +398,10 @@ class SGPBlock(nn.Module):
 class SGP4SR(SequentialRecommender):
     """Separated-modality guided preference learning (CGC graphs, CIP interest centres)."""
 
+    all_positions = False  # train_all_positions (recbole_mm.model.all_positions)
+    all_positions_reason = ("its interest centres attend over the history (ICA) and the chosen "
+                            "centre is added at the last position only")
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.logger = getLogger()

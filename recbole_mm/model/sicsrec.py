@@ -135,6 +135,9 @@ class SICSRec(SequentialRecommender):
     r"""SICSRec (see module docstring; flags in ``properties/model/SICSRec.yaml``)."""
 
     trainer_class = SICSRecTrainer
+    all_positions = False  # train_all_positions (recbole_mm.model.all_positions)
+    all_positions_reason = ("its step-2 loss adds ConCL contrastive terms over in-batch users at "
+                            "the last position; a per-position form is not implemented")
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
