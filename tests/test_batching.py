@@ -236,3 +236,15 @@ def test_plugin_models_declare_all_position_support(model_name):
 
     ok, why = support(registry.get_model(model_name))
     assert not ok and len(why) > 20  # each says why, for the error and its docs page
+
+
+def test_bert4rec_batches_are_trimmed_but_not_bucketed(make_config):
+    """RecBole's BERT4Rec never counts a mask at position 0: a bucket of one-item histories would
+    have a 0/0 loss, so its training batches stay random (and trimmed)."""
+    config, (train, _, _) = _loaders(make_config, "BERT4Rec", train_batch_size=16)
+    assert not train._bucket
+    model = _build_model(config, train)
+    for batch in train:
+        ds = train._dataset
+        assert batch[ds.item_id_list_field].shape[1] == int(batch[ds.item_list_length_field].max())
+        assert torch.isfinite(model.calculate_loss(batch))

@@ -56,6 +56,23 @@ def padded_width(dataset) -> int:
     return min(width, cap) if width > 0 else cap
 
 
+#: models whose training batches must not be grouped by length (trimming stays on), and why
+NO_BUCKETING = {
+    "BERT4Rec": "RecBole's BERT4Rec never counts a mask at position 0 (index 0 is its padding "
+                "marker), so a batch of one-item histories has no loss term and its loss is 0/0",
+}
+
+
+def bucketing_allowed(model_class) -> bool:
+    """Whether ``model_class`` may get length-bucketed training batches (``bucket_by_length``):
+    a model sets ``bucket_by_length = False`` to refuse; RecBole's models are listed in
+    :data:`NO_BUCKETING`."""
+    if getattr(model_class, "bucket_by_length", True) is False:
+        return False
+    return not (model_class.__name__ in NO_BUCKETING
+                and model_class.__module__.startswith("recbole.model."))
+
+
 def position_fields(dataset, interaction) -> list[str]:
     """Names of the fields of ``interaction`` aligned to the history (``[B, L, ...]``, L = the
     width of ``item_id_list``): every ``*<LIST_SUFFIX>`` field, plus the dataset's own
@@ -158,7 +175,7 @@ class BucketedTrainDataLoader(_TrimmedLoader, TrainDataLoader):
         super().__init__(config, dataset, sampler, shuffle=shuffle)
         self._setup_trimming()
         self._lengths = dataset.inter_feat[dataset.item_list_length_field].numpy()
-        self._bucket = config["bucket_by_length"] is not False
+        self._bucket = config["bucket_by_length"] is not False and bucketing_allowed(self._model_class)
         self._window = int(config["bucket_window"] or 0)
         self._bucket_gen = torch.Generator()
         self._bucket_gen.manual_seed(int(config["seed"]))
