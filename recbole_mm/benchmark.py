@@ -853,6 +853,36 @@ def noise_paper_drops(model, metric):
             if r["table"].startswith("Figure 3")]
 
 
+GROUP_TITLES = {
+    "paper": "paper protocols (each row its paper's metrics and selection; not comparable with "
+             "the table above)",
+    "other": "other evaluation settings (metrics differ from the table above; see each row's "
+             "configuration)",
+}
+
+
+def comparison_groups(dataset, rows, records) -> list:
+    """The clean rows of ``dataset`` as ``[(kind, rows, metric columns), ...]``, one table each:
+    ``compared`` (the rows sharing the most common metric set outside paper protocols), ``paper``
+    (rows under ``protocol: paper``), ``other`` (any other metric set, e.g. cells recorded before
+    the plugin-wide protocol applied to every model). No table mixes metric columns."""
+    def cols(labels):
+        return metric_names([x for x in records if x["dataset"] == dataset and
+                             x["label"] in labels and x.get("status") == CELL_STATUS_DONE])
+
+    clean = [r for r in rows if r["dataset"] == dataset and not r["noise"] and r["n_ok"]]
+    sig = {r["label"]: tuple(cols({r["label"]})) for r in clean}
+    plain = [sig[r["label"]] for r in clean if r.get("protocol") != "paper"]
+    main = max(plain, key=plain.count) if plain else None
+    out = []
+    for kind in ("compared", "paper", "other"):
+        group = [r for r in clean if kind == ("paper" if r.get("protocol") == "paper" else
+                                              "compared" if sig[r["label"]] == main else "other")]
+        if group:
+            out.append((kind, group, cols({r["label"] for r in group})))
+    return out
+
+
 def _kv(d: dict) -> str:
     return ", ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in d.items())
 
@@ -904,16 +934,8 @@ def markdown_report(records, rows, meta) -> str:
     for row in rows:
         by_ds.setdefault(row["dataset"], []).append(row)
     for ds, drows in by_ds.items():
-        clean_all = [r for r in drows if not r["noise"] and r["n_ok"]]
-        groups = {}
-        for r in clean_all:  # one table per protocol: the same metric columns in each
-            groups.setdefault(r["protocol"] == "paper", []).append(r)
-        for paper, clean in sorted(groups.items()):
-            labels = {r["label"] for r in clean}
-            cols = metric_names([x for x in records if x["dataset"] == ds and x["label"] in labels
-                                 and x.get("status") == CELL_STATUS_DONE])
-            lines += [f"### {ds}: paper protocols (each row its paper's metrics and selection; "
-                      "not comparable with the table above)" if paper else f"## {ds}", ""]
+        for kind, clean, cols in comparison_groups(ds, drows, records):
+            lines += [f"## {ds}" if kind == "compared" else f"### {ds}: {GROUP_TITLES[kind]}", ""]
             head = ["model"] + cols + ["best ep.", "epochs", "s/epoch", "eval s", "peak MB",
                                        "params", "seeds", "device"]
             lines.append("| " + " | ".join(head) + " |")
@@ -928,7 +950,7 @@ def markdown_report(records, rows, meta) -> str:
                          _fmt_num(r["peak_mem_mb"], 0), _fmt_num(r["params"]), str(r["n_ok"]),
                          r["device"]]
                 lines.append("| " + " | ".join(vals) + " |")
-            if paper:
+            if kind != "compared":
                 lines.append("")
                 continue
             loads = [x for r in records if r["dataset"] == ds
@@ -942,20 +964,23 @@ def markdown_report(records, rows, meta) -> str:
                       f"pass; peak MB = {clean[0]['peak_mem_source']}.{load_note}", ""]
         noisy = [r for r in drows if r["n_ok"] and r["noise_modality"]]
         if noisy:
+            nlabels = {r["label"] for r in noisy}
+            nmetrics = metric_names([x for x in records if x["dataset"] == ds and x["label"] in
+                                     nlabels and x.get("status") == CELL_STATUS_DONE])
             lines += [f"### {ds}: modality-mismatch noise ({noisy[0]['noise_modality']})", ""]
-            lines.append("| model | fraction | " + " | ".join(metrics) + " | vs clean (first metric) |")
-            lines.append("|" + "---|" * (len(metrics) + 3))
+            lines.append("| model | fraction | " + " | ".join(nmetrics) + " | vs clean (first metric) |")
+            lines.append("|" + "---|" * (len(nmetrics) + 3))
             for r in sorted([r for r in drows if r["n_ok"] and (r["noise_modality"] or
                              any(x["label"] == r["label"] for x in noisy)) and
                              (r["noise_modality"] or not r["noise"])],
                             key=lambda r: (r["label"], r["noise"])):
                 rel = "-"
-                m0 = metrics[0] if metrics else None
+                m0 = nmetrics[0] if nmetrics else None
                 base = seed_matched_clean(records, r, m0) if m0 else None
                 if base and r.get(m0) is not None:
                     rel = f"{(r[m0] / base - 1) * 100:+.1f}%"
                 lines.append(f"| {r['label']} | {r['noise']:g} | " +
-                             " | ".join(_fmt(r.get(m), r.get(m + "_std")) for m in metrics) +
+                             " | ".join(_fmt(r.get(m), r.get(m + "_std")) for m in nmetrics) +
                              f" | {rel} |")
             lines += ["", "vs clean = change of the first metric against the clean runs of the "
                       "same seeds (the clean row itself shows every clean seed).", ""]
@@ -1011,12 +1036,10 @@ def make_plots(records, rows, out_dir, metrics=None) -> list[str]:
     written = []
     datasets = sorted({r["dataset"] for r in rows})
     for ds in datasets:
-        clean = [r for r in rows if r["dataset"] == ds and not r["noise"] and r["n_ok"]
-                 and r.get("protocol") != "paper"]  # one protocol: the same metrics for every bar
-        labels = {r["label"] for r in clean}
-        bar_metrics = [m for m in metrics if any(
-            m in (x.get("test_result") or {}) for x in records
-            if x["dataset"] == ds and x["label"] in labels)]
+        groups = comparison_groups(ds, rows, records)  # the compared rows: the same metrics
+        clean, bar_metrics = [], []
+        if groups and groups[0][0] == "compared":
+            clean, bar_metrics = groups[0][1], [m for m in groups[0][2] if m in metrics]
         if clean and bar_metrics:
             fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(clean) * len(bar_metrics) / 2), 4))
             width = 0.8 / len(clean)

@@ -176,13 +176,21 @@ def test_benchmark_epochs_is_the_total_for_multi_stage_models(tiny_root, tmp_pat
 
 
 def test_report_of_cells_recorded_before_protocols(tmp_path):
-    """Older cells (no protocol, no effective configuration) still report, marked as such."""
+    """Older cells (no protocol, no effective configuration) still report, marked as such; one
+    with other metrics (MMSR under its yaml's protocol) is tabled apart, never in mixed columns."""
     rec = {"cell_id": "c", "dataset": "d", "label": "SASRec", "model": "SASRec", "seed": 1,
            "status": "ok", "config": {"epochs": 3}, "test_result": {"recall@10": 0.1},
            "epochs_run": 3}
-    md = bm.markdown_report([rec], bm.summarize([rec]), {"name": "old"})
+    gru = dict(rec, cell_id="g", label="GRU4Rec", model="GRU4Rec")
+    old_mmsr = dict(rec, cell_id="m", label="MMSR", model="MMSR", test_result={"hit@10": 0.2})
+    recs = [rec, gru, old_mmsr]
+    md = bm.markdown_report(recs, bm.summarize(recs), {"name": "old"})
     assert "| d | SASRec | - | - | epochs=3 (overrides only) | - |" in md
-    assert _table(md, "## d")["SASRec"]["epochs"] == "3"
+    main = _table(md, "## d")
+    assert list(main) == ["SASRec", "GRU4Rec"] and main["SASRec"]["epochs"] == "3"
+    assert "hit@10" not in main["SASRec"]
+    other = _table(md, "### d: " + bm.GROUP_TITLES["other"])
+    assert list(other) == ["MMSR"] and other["MMSR"]["hit@10"] == "0.2000"
     assert json.loads(bm.summarize([rec])[0]["config"]) == {"epochs": 3}
 
 
