@@ -18,6 +18,7 @@ their MMRec names, and when no root has ``<dataset_dir>`` the MMRec folder is th
 from __future__ import annotations
 
 import os
+import re
 
 from recbole.config import Config
 
@@ -292,9 +293,13 @@ def parse_cli_value(v: str):
     import yaml
 
     try:
-        return yaml.safe_load(v)
+        value = yaml.safe_load(v)
     except Exception:
         return v
+    # YAML 1.1 reads '1e-4' (no dot in the mantissa) as a string; RecBole's own loader reads a float
+    if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value.strip()):
+        return float(value)
+    return value
 
 
 def parse_overrides(args) -> dict:

@@ -95,3 +95,11 @@ def test_dataset_class_and_trainer_choice():
     assert registry.get_dataset_class(registry.get_model("BPR")) is None  # RecBole's own choice
     custom = type("X", (sasrec,), {"trainer_class": Trainer, "dataset_class": MMSequentialDataset})
     assert registry.get_trainer(custom, {}) is Trainer
+
+
+def test_cli_values_read_exponent_floats():
+    from recbole_mm.config import parse_cli_value
+
+    assert parse_cli_value("1e-4") == 1e-4 and isinstance(parse_cli_value("1e-4"), float)
+    assert parse_cli_value("3") == 3 and parse_cli_value("[a, b]") == ["a", "b"]
+    assert parse_cli_value("1e") == "1e"
