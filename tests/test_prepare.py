@@ -312,5 +312,7 @@ def test_scale_tool_small(tmp_path):
     assert [s["stage"] for s in res["stages"]] == ["generate", "prepare", "load"]
     for s in res["stages"]:
         assert s["seconds"] > 0 and s["peak_rss_mb"] > 0
-    load = res["stages"][2]
-    assert load["interactions"] <= 3000 and load["items"] <= 150 and load["feature_dim"] == 8
+    prep, load = res["stages"][1], res["stages"][2]
+    assert load["interactions"] == prep["interactions"] <= 3000 and load["feature_dim"] == 8
+    assert load["items"] == prep["items"] <= 150 and load["users"] == prep["users"] == 200
+    assert load["train_rows"] == prep["interactions"] - 3 * 200  # leave-one-out, 1st item no target

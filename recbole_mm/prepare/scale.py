@@ -86,9 +86,10 @@ def stage_load(a) -> dict:
     t1 = time.perf_counter()
     ds = create_dataset(cfg)
     t2 = time.perf_counter()
+    n_inter = int(ds.inter_num)  # before the sliding-window augmentation of data_preparation
     train, valid, test = data_preparation(cfg, ds)
     t3 = time.perf_counter()
-    return {"interactions": int(ds.inter_num), "users": int(ds.user_num - 1), "items": int(ds.item_num - 1),
+    return {"interactions": n_inter, "users": int(ds.user_num - 1), "items": int(ds.item_num - 1),
             "feature_dim": int(ds.modality_features["text"].shape[1]),
             "train_rows": len(train.dataset.inter_feat),
             "seconds_config": round(t1 - t0, 3), "seconds_dataset": round(t2 - t1, 3),
