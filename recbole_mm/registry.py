@@ -105,7 +105,9 @@ def get_dataset_class(model_class):
 
 def get_trainer(model_class, config):
     """The trainer class: the model's ``trainer_class`` or RecBole's choice; with
-    ``train_all_positions`` the loss is taken at every position (recbole_mm.trainer.all_positions)."""
+    ``train_all_positions`` the loss is taken at every position (recbole_mm.trainer.all_positions);
+    unless ``chunked_eval`` is false (or not in ``config``), full-ranking evaluation runs in
+    bounded memory (recbole_mm.trainer.chunked_eval)."""
     cls = getattr(model_class, "trainer_class", None)
     if cls is None:
         from recbole.utils import get_trainer as rb_get_trainer
@@ -115,7 +117,9 @@ def get_trainer(model_class, config):
         from recbole_mm.trainer.all_positions import with_all_positions
 
         cls = with_all_positions(cls)
-    return cls
+    from recbole_mm.trainer.chunked_eval import with_chunked_eval
+
+    return with_chunked_eval(cls, config)
 
 
 def _setting(config, key):

@@ -143,3 +143,10 @@ class MMSR(SequentialRecommender):
             scores = scores.scatter(1, item_seq, float("-inf"))
         scores[:, 0] = float("-inf")  # padding is never recommended (RecBole's evaluation agrees)
         return scores
+
+    def full_sort_parts(self, interaction):
+        """``full_sort_predict`` as ``(users, item table, bias, items scored -inf per row)``
+        (recbole_mm.trainer.chunked_eval)."""
+        table = self.item_table()
+        excluded = interaction[self.ITEM_SEQ] if self.mask_history else None
+        return self.user_vector(interaction, table), table, None, excluded
