@@ -517,7 +517,9 @@ def test_cli_one_epoch_then_checkpoint_reload(tiny_root, tmp_path):
     printed = {l.split()[0]: float(l.split()[1]) for l in table if l.split()[:1] in
                (["recall@10"], ["recall@50"], ["ndcg@10"], ["ndcg@50"])}
     assert len(printed) == 4
-    ckpt, = (tmp_path / "saved").glob("SGP4SR-*.pth")
+    # the best checkpoint (not its training state SGP4SR-*.resume.pth beside it)
+    ckpt, = [p for p in (tmp_path / "saved").glob("SGP4SR-*.pth")
+             if not p.name.endswith(".resume.pth")]
     config, model, dataset, train, valid, test = load_data_and_model(str(ckpt))
     assert config["feature_noise"] == "image:0.3"
     again = Trainer(config, model).evaluate(test, load_best_model=False)
