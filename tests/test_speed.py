@@ -34,3 +34,18 @@ def test_speed_report_on_the_sample(tiny_root, tmp_path, capsys):
     assert row["floor_s"] > 0 and row["trimmed_epoch_s"] > 0
     assert "| SASRec |" in capsys.readouterr().out
     assert result["provenance"]["command"].startswith("python -m recbole_mm.speed")
+
+
+def test_epoch_parts_attributes_forward_time_to_modules(make_data):
+    import torch
+    from recbole.model.sequential_recommender.sasrec import SASRec
+
+    from recbole_mm.speed.parts import epoch_parts
+
+    config, train, _, _ = make_data("SASRec")
+    model = SASRec(config, train._dataset)
+    parts = epoch_parts(model, train, torch.optim.Adam(model.parameters()), max_batches=2)
+    assert parts["batches"] == 2
+    assert "trm_encoder" in parts["forward_by_module_s"]
+    assert sum(parts["forward_by_module_s"].values()) <= parts["forward_s"] + 1e-6
+    assert parts["backward_s"] > 0 and parts["optimizer_step_s"] > 0

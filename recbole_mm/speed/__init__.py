@@ -9,6 +9,7 @@ For every model, the same data and the same overrides are run twice, back to bac
 dropout). Each prints seconds per training epoch, seconds per full-ranking evaluation pass, real
 history tokens against processed positions, and the *floor*: the FLOPs of the real tokens through
 a SASRec-shaped encoder plus the full softmax, divided by the matrix-product FLOP/s measured in the
-same run. Parts: :mod:`.measure` (timing, position counts), :mod:`.floor` (FLOP model, matmul
-rate), :mod:`.report` (table). Benchmark tooling, never a timed unit test.
+same run; ``--parts`` also times one trimmed epoch by part (forward per sub-module, backward,
+optimizer step). Parts: :mod:`.measure` (timing, position counts), :mod:`.floor` (FLOP model,
+matmul rate), :mod:`.parts` (time by part), :mod:`.report` (table). Benchmark tooling, never a timed unit test.
 """

@@ -14,6 +14,9 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs_timed", type=int, default=2,
                         help="training epochs timed per path (the fastest is reported)")
     parser.add_argument("--eval_repeats", type=int, default=2)
+    parser.add_argument("--parts", action="store_true",
+                        help="also time one trimmed epoch by part (forward per sub-module, "
+                             "backward, optimizer step)")
     parser.add_argument("--json", default=None, help="write the full result here (atomic)")
     parser.add_argument("--markdown", default=None, help="write the table here (atomic)")
     args, rest = parser.parse_known_args(argv)
@@ -31,12 +34,15 @@ def main(argv=None) -> int:
     rows, raw, rate = [], {}, None
     for name in models:
         print(f"[speed] {name} on {args.dataset}: padded path, then trimmed path ...", flush=True)
-        paths = measure_paths(name, args.dataset, overrides, args.epochs_timed, args.eval_repeats)
+        paths = measure_paths(name, args.dataset, overrides, args.epochs_timed, args.eval_repeats,
+                              parts=args.parts)
         if rate is None:  # measured after the first model's data is known
             rate = matmul_rate(paths["trimmed"]["hidden_size"], paths["trimmed"]["n_items"])
         raw[name] = paths
         rows.append(summarise(name, paths, rate["rate"]))
         print(json.dumps(rows[-1]), flush=True)
+        if args.parts:
+            print(json.dumps({"model": name, "parts": paths["trimmed"]["parts"]}), flush=True)
     table = markdown(rows, args.dataset)
     print(table)
     out = {"dataset": args.dataset, "overrides": overrides, "matmul_flops_per_s": rate,

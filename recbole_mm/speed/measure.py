@@ -1,6 +1,8 @@
 """One model, two paths: RecBole's padded loaders and the plugin's trimmed ones, timed alike."""
 from __future__ import annotations
 
+import torch
+
 from recbole_mm.cost import measure
 
 #: the two paths compared; ``trim_padding: false`` restores RecBole's loaders and modules exactly
@@ -21,9 +23,21 @@ def count_positions(config, model, train_data, test_data) -> dict:
             "n_layers": int(config["n_layers"] or 2)}
 
 
+def count_positions_and_parts(config, model, train_data, test_data) -> dict:
+    """:func:`count_positions` plus :func:`recbole_mm.speed.parts.epoch_parts` (one more epoch)."""
+    from recbole_mm.speed.parts import epoch_parts
+
+    out = count_positions(config, model, train_data, test_data)
+    optimizer = torch.optim.Adam(model.parameters(), lr=float(config["learning_rate"] or 1e-3))
+    out["parts"] = epoch_parts(model, train_data, optimizer)
+    return out
+
+
 def measure_paths(model_name: str, dataset: str, overrides: dict, epochs: int = 2,
-                  eval_repeats: int = 2) -> dict:
-    """``{'padded': result, 'trimmed': result}`` (see :func:`recbole_mm.cost.measure`)."""
+                  eval_repeats: int = 2, parts: bool = False) -> dict:
+    """``{'padded': result, 'trimmed': result}`` (see :func:`recbole_mm.cost.measure`); with
+    ``parts`` the trimmed path also reports where an epoch's time goes."""
     return {path: measure(model_name, dataset, {**overrides, **extra}, epochs, eval_repeats,
-                          inspect=count_positions)
+                          inspect=count_positions_and_parts if parts and path == "trimmed"
+                          else count_positions)
             for path, extra in PATHS.items()}
