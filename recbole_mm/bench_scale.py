@@ -9,6 +9,17 @@ weights), the modality kNN graph (FAISS, exact up to ``exact_max_items`` then IV
 Prints wall time, peak resident memory of the stage's process, and the memory the stage added
 over the data it started from, plus the graph sizes (non-zeros), so the growth with the number
 of non-zeros (never items squared) can be checked.
+
+    python -m recbole_mm.bench_scale --eval [--items 1000000] [--dim 64] [--users 3000]
+                                     [--eval_item_chunk 65536] [--json out.json]
+
+Evaluation at scale instead: a synthetic catalogue (``--items`` items, a few thousand users with
+uniformly drawn histories) written as an atomic dataset, loaded with the plugin's loaders, and one
+full-ranking test evaluation of an untrained SASRec (item table ``items x dim`` float32) through
+the chunked path (:mod:`recbole_mm.trainer.chunked_eval`), in a fresh (spawned) process: wall
+time, peak resident memory of the evaluation (the process's high-water mark reset before it) and
+of the whole process, what RecBole's own path would hold per batch, and a check of the top-k of
+the first rows against ``torch.topk`` over their full score rows.
 """
 from __future__ import annotations
 
@@ -105,17 +116,154 @@ def run(items=100_000, dim=512, interactions=2_000_000, knn_k=10, clusters=256, 
     return summary
 
 
+def _reset_peak_rss() -> bool:
+    """Reset the process's resident-memory high-water mark (Linux ``clear_refs``)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb() -> float:
+    """The process's resident-memory high-water mark (``VmHWM``; since the last reset)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return _rss_mb()
+
+
+def _eval_child(*args):
+    queue = args[-1]
+    try:
+        _eval_measure(*args)
+    except BaseException:  # the parent reports it instead of waiting forever
+        import traceback
+
+        queue.put({"error": traceback.format_exc()})
+
+
+def _eval_measure(items, dim, users, eval_item_chunk, eval_batch_size, seed, check_rows, queue):
+    import os
+    import shutil
+    import tempfile
+
+    import torch
+
+    from recbole_mm import registry
+    from recbole_mm.config import MMConfig
+    from recbole_mm.data.batching import data_preparation
+    from recbole_mm.encoders.io import atomic_write_text
+    from recbole_mm.quick_start import create_dataset
+    from recbole_mm.trainer import chunked_eval as ce
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    root = tempfile.mkdtemp(prefix="scale_eval_")
+    try:
+        t0 = time.perf_counter()
+        rng = np.random.default_rng(seed)
+        folder = os.path.join(root, "scale_eval")
+        os.makedirs(folder)
+        lengths = rng.integers(5, 31, size=users)
+        lines = ["user_id:token\titem_id:token\ttimestamp:float"]
+        for u, n in enumerate(lengths):
+            hist = rng.integers(1, items + 1, size=n)
+            lines += [f"u{u}\ti{i}\t{t}" for t, i in enumerate(hist)]
+        atomic_write_text(os.path.join(folder, "scale_eval.inter"), "\n".join(lines) + "\n")
+        atomic_write_text(os.path.join(folder, "scale_eval.item"), "item_id:token\n" + "".join(
+            f"i{i}\n" for i in range(1, items + 1)))
+        config = MMConfig(model="SASRec", dataset="scale_eval", config_dict={
+            "data_path": root, "load_col": {"inter": ["user_id", "item_id", "timestamp"],
+                                            "item": ["item_id"]},
+            "modalities": {}, "selected_features": [], "hidden_size": dim, "inner_size": dim,
+            "n_layers": 1, "n_heads": 1, "eval_batch_size": eval_batch_size, "chunked_eval": True,
+            "eval_item_chunk": eval_item_chunk, "state": "WARNING", "show_progress": False,
+            "checkpoint_dir": os.path.join(root, "saved"), "seed": seed})
+        train, valid, test = data_preparation(config, create_dataset(config))
+        torch.manual_seed(seed)
+        model = registry.get_model("SASRec")(config, train._dataset).eval()
+        trainer = registry.get_trainer(type(model), config)(config, model)
+        trainer.eval_collector.data_collect(train)
+        n_items = int(test._dataset.item_num)
+        setup_s = time.perf_counter() - t0
+        before_mb = _current_rss_mb()
+        reset = _reset_peak_rss()
+        t1 = time.perf_counter()
+        result = trainer.evaluate(test, load_best_model=False)
+        eval_s = time.perf_counter() - t1
+        eval_peak_mb = _peak_rss_mb() if reset else None
+        if not trainer._chunked_logged:
+            raise RuntimeError("the chunked path did not run")
+        with torch.no_grad():  # the chunked top-k of the first rows against torch.topk
+            batch = next(iter(test))[0][:check_rows]
+            full = model.full_sort_predict(batch)
+            full[:, 0] = float("-inf")
+            k = max(config["topk"])
+            expect = torch.topk(full, k, dim=1).indices
+            del full
+            got = ce.topk_by_item_chunks(ce.full_sort_parts(model, batch), k, n_items, eval_item_chunk)
+        recbole_gb = 2 * eval_batch_size * n_items * 4 / 2**30  # float32 scores + int32 positives
+        queue.put({
+            "items": n_items, "dim": dim, "users": users, "test_rows": len(test._dataset),
+            "eval_batch_size": eval_batch_size, "eval_item_chunk": eval_item_chunk,
+            "topk": list(config["topk"]), "threads": torch.get_num_threads(),
+            "setup_seconds": round(setup_s, 2), "eval_seconds": round(eval_s, 2),
+            "rss_before_eval_mb": round(before_mb, 1),
+            "eval_peak_rss_mb": None if eval_peak_mb is None else round(eval_peak_mb, 1),
+            "eval_added_mb": None if eval_peak_mb is None else round(eval_peak_mb - before_mb, 1),
+            "process_peak_rss_mb": round(_rss_mb(), 1),
+            "item_table_mb": round(n_items * dim * 4 / 2**20, 1),
+            "recbole_path_per_batch_gb": round(recbole_gb, 2),
+            "topk_check_rows": int(len(batch)), "topk_identical": bool(torch.equal(got, expect)),
+            "result": {k: float(v) for k, v in result.items()},
+        })
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run_eval(items=1_000_000, dim=64, users=3000, eval_item_chunk=65536, eval_batch_size=2048,
+             seed=0, check_rows=64):
+    """One chunked full-ranking evaluation on a synthetic catalogue, in a spawned process."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_eval_child, args=(items, dim, users, eval_item_chunk, eval_batch_size,
+                                              seed, check_rows, q))
+    p.start()
+    res = q.get()
+    p.join()
+    if "error" in res:
+        raise RuntimeError("the evaluation benchmark failed:\n" + res["error"])
+    print(f"evaluation of {res['test_rows']} users x {res['items']} items (dim {dim}): "
+          f"{res['eval_seconds']} s, peak RSS {res['eval_peak_rss_mb']} MB "
+          f"(+{res['eval_added_mb']} MB over {res['rss_before_eval_mb']} MB before; process peak "
+          f"{res['process_peak_rss_mb']} MB); RecBole's path: {res['recbole_path_per_batch_gb']} GB "
+          f"per batch; top-k identical to torch.topk on {res['topk_check_rows']} rows: "
+          f"{res['topk_identical']}", flush=True)
+    return res
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--items", type=int, default=100_000)
-    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--eval", action="store_true", help="evaluation at scale (see the module doc)")
+    ap.add_argument("--items", type=int, default=None, help="100000; with --eval 1000000")
+    ap.add_argument("--dim", type=int, default=None, help="512; with --eval 64")
+    ap.add_argument("--users", type=int, default=3000)
+    ap.add_argument("--eval_item_chunk", type=int, default=65536)
+    ap.add_argument("--eval_batch_size", type=int, default=2048)
     ap.add_argument("--interactions", type=int, default=2_000_000)
     ap.add_argument("--knn_k", type=int, default=10)
     ap.add_argument("--clusters", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    summary = run(args.items, args.dim, args.interactions, args.knn_k, args.clusters, args.seed)
+    if args.eval:
+        summary = run_eval(args.items or 1_000_000, args.dim or 64, args.users,
+                           args.eval_item_chunk, args.eval_batch_size, args.seed)
+    else:
+        summary = run(args.items or 100_000, args.dim or 512, args.interactions, args.knn_k,
+                      args.clusters, args.seed)
     if args.json:
         from recbole_mm.encoders.io import atomic_write_json
 

@@ -95,21 +95,29 @@ def _order(values: torch.Tensor, ids: torch.Tensor):
     return values, ids.gather(1, perm)
 
 
+#: entries of scores re-read at once for rows whose tie at the k-th value is cut (int64 cumsum)
+_TIE_BLOCK = 1 << 22
+
+
 def chunk_topk(scores: torch.Tensor, k: int):
     """``(values, column ids)`` of the ``min(k, width)`` best entries of each row of ``scores``,
     ordered by value descending, ties by column ascending (of items tied at the k-th value, the
     lowest columns are taken)."""
     k = min(int(k), scores.shape[1])
-    values, ids = scores.topk(k, dim=1)
-    kth = values[:, -1:]
-    short = (scores == kth).sum(1) > (values == kth).sum(1)  # ties cut at the k-th value
-    if bool(short.any()):
-        rows = short.nonzero().squeeze(1)
-        s, t = scores[rows], kth[rows]
+    values, ids = scores.topk(min(k + 1, scores.shape[1]), dim=1)
+    if values.shape[1] > k:  # the (k+1)-th equal to the k-th: a tie is cut at the k-th value
+        cut = values[:, k] == values[:, k - 1]
+        values, ids = values[:, :k], ids[:, :k]
+        rows = cut.nonzero().squeeze(1)
+    else:
+        rows = ids[:0, 0]
+    step = max(1, _TIE_BLOCK // scores.shape[1])
+    for r in rows.split(step):  # every entry above the k-th value, then the lowest tied columns
+        s, t = scores[r], values[r, k - 1:]
         above, tied = s > t, s == t
         take = above | (tied & (tied.cumsum(1) <= k - above.sum(1, keepdim=True)))
-        ids[rows] = take.nonzero()[:, 1].view(len(rows), k)
-        values[rows] = s.gather(1, ids[rows])
+        ids[r] = take.nonzero()[:, 1].view(len(r), k)
+        values[r] = s.gather(1, ids[r])
     return _order(values, ids)
 
 
@@ -211,7 +219,7 @@ def topk_by_item_chunks(parts: FullSortParts, k: int, n_items: int, chunk: int) 
         c1 = min(n_items, c0 + chunk)
         scores = torch.matmul(parts.users, parts.items[c0:c1].transpose(0, 1))
         if parts.bias is not None:
-            scores = scores + parts.bias[c0:c1]
+            scores += parts.bias[c0:c1]  # the same elementwise sum as full_sort_predict's
         _mask_block(scores, parts.excluded, c0)
         values, ids = chunk_topk(scores, k)
         best = merge_topk(best, (values, ids + c0), k)
