@@ -21,6 +21,7 @@ MODELS = {
     "SASRec": ({}, "items"),
     "GRU4Rec": ({"embedding_size": 16}, "items"),
     "BERT4Rec": ({"mask_ratio": 0.3}, "items"),
+    "FDSA": ({"selected_features": ["text"], "pooling_mode": "mean"}, "items"),
     "SASRecF": ({"selected_features": ["text", "image"], "pooling_mode": "mean"}, "items"),
     "SICSRec": ({}, "items"),
     "MMSR": ({"fusion": "gated", "fusion_n_heads": 2, "mask_history_items": True}, "items"),
@@ -195,6 +196,22 @@ def test_bad_settings_name_the_key(make_config, key, value):
     config[key] = value
     with pytest.raises(ce.ChunkedEvalError, match=key):
         registry.get_trainer(type(model), config)(config, model)
+
+
+def test_a_trainer_scoring_batches_its_own_way_gets_row_chunks(make_config):
+    calls = []
+
+    class OwnScoring(Trainer):
+        def _full_sort_batch_eval(self, batched_data):
+            calls.append(len(batched_data[0]))
+            return super()._full_sort_batch_eval(batched_data)
+
+    config, model, train, test = _build(make_config, "SASRec", chunked_eval=True,
+                                        eval_score_budget=1000)
+    reference = Trainer(config, model).evaluate(test, load_best_model=False)
+    trainer = ce.with_chunked_eval(OwnScoring, config)(config, model)
+    assert trainer.evaluate(test, load_best_model=False) == reference
+    assert calls and max(calls) == 1000 // test._dataset.item_num  # its own method, per row chunk
 
 
 def test_parts_of_the_wrong_size_are_refused(make_config):

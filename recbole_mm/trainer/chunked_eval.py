@@ -4,7 +4,8 @@ RecBole's ``Trainer.evaluate`` scores every evaluation batch against every item 
 n_items]`` float32) and its ``Collector`` then builds a same-sized int matrix of positives and
 takes ``torch.topk`` over the scores: for 1M items and batches of 2048 rows that is 16 GB. The
 metrics that only read ``rec.topk`` (Recall, NDCG, Hit, MRR, Precision) or ``rec.items``
-(ItemCoverage, AveragePopularity, GiniIndex, ShannonEntropy, TailPercentage) need only the
+(ShannonEntropy; ItemCoverage, GiniIndex, AveragePopularity and TailPercentage also read
+``data.*`` values that RecBole 1.2.1's own collector fails on) need only the
 ``k = max(topk)`` best item ids of each row and which of them are positives, so for sequential
 models the plugin computes exactly those per batch, without ever holding ``[B, n_items]``:
 
@@ -31,8 +32,9 @@ MAE, RMSE, ...) and non-sequential models take RecBole's own path for the whole 
 **Ties.** The top-k is ordered by score, descending, and equal scores by item id, ascending (a
 lower id ranks first). ``torch.topk`` leaves the order of equal scores unspecified. The two give
 the same item ids, and so the same metrics, whenever no other item scores exactly as much as the
-k-th or as a positive item; trained models practically never tie (the tests check equality of
-the metrics and of the collected tensors on real models). Scores must not be NaN.
+k-th or as a positive item, which models with continuous weights practically never do
+(``tests/test_chunked_eval.py`` checks the metrics and the collected tensors against RecBole's
+path for nine models and a trained SASRec run). Scores must not be NaN.
 
 **Scores.** The item-chunk path computes each score as the model's ``full_sort_predict`` does
 (same product, same bias addition); a BLAS may round a block of a product differently from the
@@ -51,7 +53,6 @@ returns the trainer class unchanged).
 """
 from __future__ import annotations
 
-from logging import getLogger
 from typing import NamedTuple, Optional
 
 import torch
