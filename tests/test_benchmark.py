@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from recbole_mm import benchmark as bm
+from recbole_mm.benchmark import run as bench_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {"epochs": 1, "hidden_size": 16, "inner_size": 16, "embedding_size": 16, "n_layers": 1,
@@ -128,19 +129,23 @@ def test_grid_runs_resumes_and_reports(tiny_root, tmp_path, monkeypatch):
         "checkpoint_dir": str(tmp_path / "direct")})
     assert sas["test_result"] == pytest.approx(dict(direct["test_result"]), abs=1e-6)
     files = sorted(os.listdir(os.path.join(out, "cells")))
-    assert len(files) == 4 and all(f.endswith(".json") for f in files)
-    assert not [f for f in os.listdir(scratch) if f.endswith(".pth")]
+    assert sorted(f for f in files if f.endswith(".json")) == sorted(
+        c.cell_id + ".json" for c in cells)
+    assert sorted(f for f in files if f.endswith(".users.npz")) == sorted(
+        c.cell_id + ".users.npz" for c in cells if c.label == "SASRec")
+    # checkpoints and training states of finished cells are removed
+    assert not [f for _, _, fs in os.walk(scratch) for f in fs if f.endswith(".pth")]
 
     def boom(*a, **k):
         raise AssertionError("a finished cell was run again")
 
     calls = []
-    monkeypatch.setattr(bm, "execute_cell", lambda cell, scratch: calls.append(cell) or {
+    monkeypatch.setattr(bench_run, "execute_cell", lambda cell, scratch, **k: calls.append(cell) or {
         "cell_id": cell.cell_id, **cell.spec(), "status": "skipped", "reason": "still missing"})
     again = bm.run_grid(cells, out, scratch, isolate=False, log=lambda s: None)
     assert [c.label for c in calls] == ["NoSuchModel", "NoSuchModel"]  # only unfinished cells
     assert [r["cell_id"] for r in again] == [c.cell_id for c in cells]
-    monkeypatch.setattr(bm, "execute_cell", boom)
+    monkeypatch.setattr(bench_run, "execute_cell", boom)
     with pytest.raises(AssertionError, match="run again"):
         bm.run_grid(cells[:1], out, scratch, isolate=False, force=True, log=lambda s: None)
 
@@ -235,11 +240,11 @@ def test_noise_levels_compare_with_clean_runs_of_the_same_seeds(tmp_path):
 
 def test_meta_keeps_the_union_of_grids_and_every_command(tmp_path):
     out = str(tmp_path)
-    bm._merge_meta(out, {"command": "a", "date": "d1", "commit": "c", "device": "cpu",
+    bm.merge_meta(out, {"command": "a", "date": "d1", "commit": "c", "device": "cpu",
                          "cells": ["x", "y"]})
-    bm._merge_meta(out, {"command": "b", "date": "d2", "commit": "c", "device": "cpu",
+    bm.merge_meta(out, {"command": "b", "date": "d2", "commit": "c", "device": "cpu",
                          "cells": ["y", "z"]})
-    meta = bm._merge_meta(out, json.load(open(os.path.join(out, "meta.json"))) | {
+    meta = bm.merge_meta(out, json.load(open(os.path.join(out, "meta.json"))) | {
         "command": "b", "date": "d2", "grid_cells": ["y", "z"]}, grid_wall_s=3.0)
     assert meta["cells"] == ["x", "y", "z"] and meta["grid_cells"] == ["y", "z"]
     assert [(h["command"], h["cells"], h["grid_wall_s"]) for h in meta["history"]] == [
@@ -250,7 +255,7 @@ def test_meta_keeps_the_union_of_grids_and_every_command(tmp_path):
 
 def test_report_lists_planned_cells_without_results(tmp_path):
     out = str(tmp_path)
-    bm._merge_meta(out, {"command": "a", "date": "d", "commit": "c", "device": "cpu",
+    bm.merge_meta(out, {"command": "a", "date": "d", "commit": "c", "device": "cpu",
                          "cells": ["beauty__SASRec__seed7__0123456789"]})
     rep = bm.write_report(out, plots=False)
     (rec,) = rep["records"]
