@@ -1,9 +1,11 @@
-"""Where a training epoch's time goes: forward time per top-level sub-module of the model, the
-rest of the forward (losses, score products outside sub-modules), backward and optimizer step.
+"""Where a training epoch's time goes: forward time per top-level sub-module of the model and per
+named model method, the rest of the forward, backward and optimizer step.
 
 Forward pre/post hooks on each direct child of the model accumulate wall time (nested calls of the
-same child are counted once, at the outermost level); one epoch of the trimmed path is run by hand
-(``calculate_loss``, ``backward``, ``optimizer.step``) so the three phases are timed apart.
+same child are counted once, at the outermost level). Models that run their layers functionally
+(SGP4SR's packed encoders) are timed through their methods instead: :data:`METHODS` names, per
+model, the methods wrapped for the measurement (on the instance, removed afterwards). One epoch is
+run by hand (``calculate_loss``, ``backward``, ``optimizer.step``) so the phases are timed apart.
 """
 from __future__ import annotations
 
@@ -12,6 +14,9 @@ from collections import defaultdict
 
 import torch
 
+#: model class name -> methods whose forward time is reported (outermost calls)
+METHODS = {"SGP4SR": ("item_tables", "encode", "_run_packed", "_head_logits")}
+
 
 def epoch_parts(model, train_data, optimizer, max_batches: int | None = None) -> dict:
     """Seconds per part for one training epoch (or ``max_batches`` batches)."""
@@ -19,6 +24,24 @@ def epoch_parts(model, train_data, optimizer, max_batches: int | None = None) ->
     started: dict = {}
     depth = defaultdict(int)
     handles = []
+    methods = {}
+
+    def timed(name, fn):
+        def call(*args, **kwargs):
+            if depth[name] == 0:
+                started[name] = time.perf_counter()
+            depth[name] += 1
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                depth[name] -= 1
+                if depth[name] == 0:
+                    spent[name] += time.perf_counter() - started.pop(name)
+        return call
+
+    for name in METHODS.get(type(model).__name__, ()):
+        methods[f"{name}()"] = getattr(model, name)
+        setattr(model, name, timed(f"{name}()", methods[f"{name}()"]))
 
     def pre(name):
         def hook(module, args):
@@ -58,9 +81,14 @@ def epoch_parts(model, train_data, optimizer, max_batches: int | None = None) ->
     finally:
         for h in handles:
             h.remove()
-    children = {k: round(v, 3) for k, v in sorted(spent.items(), key=lambda kv: -kv[1]) if v > 0}
+        for name in methods:
+            delattr(model, name[:-2])
+    mods = {k: round(v, 3) for k, v in sorted(spent.items(), key=lambda kv: -kv[1])
+            if v > 0 and k not in methods}
+    meths = {k: round(v, 3) for k, v in sorted(spent.items(), key=lambda kv: -kv[1])
+             if k in methods}
     return {"batches": batches, "forward_s": round(forward, 3),
-            "forward_by_module_s": children,
-            "forward_outside_modules_s": round(forward - sum(spent.values()), 3),
+            "forward_by_module_s": mods, "forward_by_method_s": meths,
+            "forward_outside_modules_s": round(forward - sum(mods.values()), 3),
             "backward_s": round(backward, 3), "optimizer_step_s": round(step, 3),
             "threads": torch.get_num_threads()}
