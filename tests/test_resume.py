@@ -115,12 +115,21 @@ def _best_as_state(done, tmp_path):
     return target
 
 
-def test_multi_stage_run_says_why_it_cannot_resume(tiny_root, tmp_path):
-    from recbole_mm.quick_start import run_recbole_mm
-    from recbole_mm.resume import ResumeError
+def test_trainer_with_its_own_schedule_must_declare_its_stage():
+    """A trainer overriding ``fit`` without resume_stage / restore_stage is refused (the
+    plugin's multi-stage trainers declare them: tests/test_resume_stages.py)."""
+    from recbole.trainer import Trainer
 
-    done = run_recbole_mm("DeCoRec", "mm_sample",
-                          config_dict=_settings(tiny_root, tmp_path / "d", epochs=2))
-    assert not glob.glob(str(tmp_path / "d" / "*.resume.pth"))
-    with pytest.raises(ResumeError, match="DeCoRecTrainer runs its own training schedule"):
-        run_recbole_mm(resume=done["saved_model_file"])
+    from recbole_mm.resume import ResumeError, check_resumable
+    from recbole_mm.trainer.decorec import DeCoRecTrainer
+    from recbole_mm.trainer.missrec import MISSRecTrainer
+    from recbole_mm.trainer.sicsrec import SICSRecTrainer
+
+    class ScheduleTrainer(Trainer):
+        def fit(self, *args, **kwargs):
+            return super().fit(*args, **kwargs)
+
+    for cls in (Trainer, DeCoRecTrainer, SICSRecTrainer, MISSRecTrainer):
+        check_resumable(cls)
+    with pytest.raises(ResumeError, match="ScheduleTrainer runs its own training schedule"):
+        check_resumable(ScheduleTrainer)

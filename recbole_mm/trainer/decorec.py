@@ -19,8 +19,15 @@ phases share it equally (phase 2 takes an odd remainder: ``epochs: 5`` = 2 + 3);
 / ``phase2_epochs`` set to a number fix that phase and leave the rest of ``epochs`` to the other;
 both set = the paper's schedule (e.g. 300 + 300), ``epochs`` unused. ``phase1_only`` trains
 ``phase1_epochs`` or ``epochs``; ``joint`` trains ``epochs``. Every budget is an upper bound (early
-stopping per phase). ``stage_epochs`` holds, per phase, the budget and the epochs actually run;
-they are logged at the end of ``fit``.
+stopping per phase). ``stage_epochs`` holds, per phase, the budget and the epochs actually run,
+``stage_results`` each phase's best validation (score, result); they are logged at the end of
+``fit``.
+
+Resuming (``--resume``, :class:`recbole_mm.resume.StagedTrainer`): the training state names the
+phase; ``fit`` skips phase 1 when the run stopped in phase 2, sets the saved phase up (phase flag,
+frozen adapters, optimiser over its trainable parameters, checkpoint file) and puts back its
+weights, optimiser, epoch, early stopping and random states. A run stopped between the phases
+resumes at phase 2's start (best phase-1 weights loaded, fresh collaborative tables).
 
 A single :meth:`_train_epoch` trains one epoch in the model's *current* phase (phase 1 on a fresh
 two-phase trainer, phase 2 after :meth:`enter_phase2` or with ``phase_schedule: joint``).
@@ -42,19 +49,27 @@ from recbole.utils import set_color
 
 from recbole_mm.compat import load_checkpoint
 from recbole_mm.config import split_epochs, stage_epochs_line
+from recbole_mm.resume import StagedTrainer
 
 
-class DeCoRecTrainer(Trainer):
+class DeCoRecTrainer(StagedTrainer, Trainer):
     """Thin ``Trainer`` subclass: switches phase, trainable parameters and checkpoint files."""
 
     def __init__(self, config, model):
         super().__init__(config, model)
+        self._name_model_files()
+        self.stage_results = {}  # "phase 1" -> (best valid score, best valid result)
+        self.stage_epochs = {}  # "phase 1" -> {"budget": n, "run": epochs trained}
+
+    def _name_model_files(self) -> None:
+        """Best checkpoint of each phase, from ``saved_model_file`` (the run's final file)."""
         self.final_model_file = self.saved_model_file
         root, ext = os.path.splitext(self.saved_model_file)
         self.phase_model_files = {1: f"{root}-phase1{ext}", 2: self.saved_model_file}
-        self.phase_results = {}
-        self.stage_epochs = {}  # "phase 1" -> {"budget": n, "run": epochs trained}
-        self._stage = None
+
+    def restore_stage(self, stage, apply) -> None:
+        super().restore_stage(stage, apply)
+        self._name_model_files()  # the stopped run's files (resume set saved_model_file)
 
     # ------------------------------------------------------------------ optimiser
     def _build_optimizer(self, **kwargs):
@@ -78,8 +93,6 @@ class DeCoRecTrainer(Trainer):
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         if self.config["compat_reset_optimizer_each_epoch"]:
             self.optimizer = self._build_optimizer()
-        if self._stage is not None:
-            self.stage_epochs[self._stage]["run"] += 1
         return super()._train_epoch(train_data, epoch_idx, loss_func=loss_func,
                                     show_progress=show_progress)
 
@@ -88,7 +101,7 @@ class DeCoRecTrainer(Trainer):
         return set_color(f"[phase {self.model.phase}] ", "cyan") + out
 
     # ------------------------------------------------------------------ phases
-    def phase_budgets(self) -> dict:
+    def stage_budgets(self) -> dict:
         """Epoch budget of each phase this run trains (``{"phase 1": n1, "phase 2": n2}``)."""
         schedule = self.model.phase_schedule
         if schedule == "two_phase":
@@ -99,18 +112,13 @@ class DeCoRecTrainer(Trainer):
         return {"phase 2 (joint)": split_epochs(self.config, [], "DeCoRec")[0]}
 
     def _begin_stage(self, name: str, epochs: int) -> None:
-        self._stage = name
-        self.stage_epochs[name] = {"budget": int(epochs), "run": 0}
-        self._reset_run_state(int(epochs))
-
-    def _reset_run_state(self, epochs: int) -> None:
+        """The stage's budget (:class:`StagedTrainer`), fresh early stopping and optimiser."""
+        super()._begin_stage(name, epochs)
         self.start_epoch = 0
         self.cur_step = 0
         self.best_valid_score = -np.inf if self.valid_metric_bigger else np.inf
         self.best_valid_result = None
         self.train_loss_dict = dict()
-        self.epochs = epochs
-        self.eval_step = min(self.config["eval_step"], epochs)
         self.optimizer = self._build_optimizer()
 
     def _log_phase(self, text: str) -> None:
@@ -120,7 +128,7 @@ class DeCoRecTrainer(Trainer):
 
     def start_phase1(self) -> None:
         self.model.set_phase(1)
-        self._begin_stage("phase 1", self.phase_budgets()["phase 1"])
+        self._begin_stage("phase 1", self.stage_budgets()["phase 1"])
         self.saved_model_file = self.phase_model_files[1]
         self._log_phase("phase 1/2: modality-only stabilisation (adapters + encoder)")
 
@@ -141,8 +149,12 @@ class DeCoRecTrainer(Trainer):
             self.logger.warning("DeCoRec: phase 2 starts from the last phase-1 weights "
                                 "(saved=False keeps no best checkpoint).")
         self.model.reset_collaborative_parameters()
+        self._start_phase2()
+
+    def _start_phase2(self) -> None:
+        """Phase flag, frozen adapters, optimiser, early stopping and checkpoint of phase 2."""
         self.model.set_phase(2)
-        self._begin_stage("phase 2", self.phase_budgets()["phase 2"])
+        self._begin_stage("phase 2", self.stage_budgets()["phase 2"])
         self.saved_model_file = self.phase_model_files[2]
         frozen = "adapters frozen" if self.model.freeze_adapter_phase2 else "adapters trainable"
         self._log_phase(f"phase 2/2: collaborative-semantic fusion (ID + interest embeddings, {frozen})")
@@ -150,25 +162,32 @@ class DeCoRecTrainer(Trainer):
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
             callback_fn=None):
         schedule = self.model.phase_schedule
-        self.stage_epochs = {}
+        self.stage_epochs, self.stage_results = {}, {}
         if schedule != "two_phase":
             phase = 1 if schedule == "phase1_only" else 2
             self.model.set_phase(phase)
-            (name, budget), = self.phase_budgets().items()
+            (name, budget), = self.stage_budgets().items()
             self._begin_stage(name, budget)
             self.saved_model_file = self.final_model_file
             self._log_phase(f"single run ({schedule}, phase {phase} model)")
+            self.continue_stage()
             result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+            self.stage_results[name] = result
             self._log_epochs_run()
             return result
 
-        self.start_phase1()
-        result1 = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
-        self.phase_results[1] = result1
-        self.logger.info(set_color("DeCoRec phase 1 best valid", "yellow") + f": {result1[1]}")
-        self.enter_phase2(load_best=saved)
+        if self.resume_from() == "phase 2":
+            self._start_phase2()  # weights and the rest come from the training state
+        else:
+            self.start_phase1()
+            self.continue_stage()
+            result1 = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+            self.stage_results["phase 1"] = result1
+            self.logger.info(set_color("DeCoRec phase 1 best valid", "yellow") + f": {result1[1]}")
+            self.enter_phase2(load_best=saved)
+        self.continue_stage()
         result2 = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
-        self.phase_results[2] = result2
+        self.stage_results["phase 2"] = result2
         self.logger.info(set_color("DeCoRec phase 2 best valid", "yellow") + f": {result2[1]}")
         self._log_epochs_run()
         return result2

@@ -15,6 +15,13 @@ Training budget: a MISSRec run is one stage (pre-training, or fine-tuning / trai
 so ``epochs`` is that run's total, as for every model. Pre-training then fine-tuning is two runs,
 each with its own ``epochs`` (the paper's recipes: ``MISSRec_pretrain.yaml`` 100,
 ``MISSRec_finetune.yaml`` at most 300 with early stopping).
+
+Resuming (``--resume``): being one stage, a run resumes like any other (weights incl. the interest
+buffers of the last discovery, optimiser, epoch, early stopping, random states); the training
+state records ``train_stage`` and a resume with another one is refused. Pre-training writes no
+``saved_model_file`` of its own name, so its state is ``<checkpoint_dir>/MISSRec-<time>.resume.pth``
+(named in the log), which ``--resume`` takes as it is; the pre-training checkpoints go on every
+``save_step`` epochs.
 """
 from __future__ import annotations
 
@@ -23,6 +30,8 @@ from time import time
 
 from recbole.trainer import Trainer
 from recbole.utils import set_color
+
+from recbole_mm.resume import ResumeError
 
 
 class MISSRecTrainer(Trainer):
@@ -46,6 +55,19 @@ class MISSRecTrainer(Trainer):
                 from recbole_mm.data.pretrain import parse_domains
 
                 self.corpus_name = "+".join(parse_domains(names))
+
+    # ------------------------------------------------------------------ resuming
+    def resume_stage(self) -> dict:
+        """The training state's stage: this run's ``train_stage`` (one stage per run)."""
+        return {"name": self.stage}
+
+    def restore_stage(self, stage, apply) -> None:
+        """``fit`` keeps the epoch and early stopping it is given: the state goes back at once."""
+        name = stage.get("name") if isinstance(stage, dict) else None
+        if name != self.stage:
+            raise ResumeError(f"it is a MISSRec {name!r} run, this run's train_stage is "
+                              f"{self.stage!r}.")
+        apply()
 
     def _build_optimizer(self, **kwargs):
         kwargs.setdefault("params", [p for p in self.model.parameters() if p.requires_grad])

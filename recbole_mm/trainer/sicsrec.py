@@ -17,7 +17,14 @@ and 2 share it equally (step 2 takes an odd remainder: ``epochs: 5`` = 2 + 3); `
 set = the paper's schedule (e.g. 300 + 300), ``epochs`` unused. Without a trained step 1
 (``pretrain_branch: none`` or ``step1_checkpoint``) step 2 trains ``step2_epochs`` or ``epochs``.
 Budgets are upper bounds (early stopping per step). ``stage_epochs`` holds, per step, the budget
-and the epochs actually run; each step and the epochs run are logged.
+and the epochs actually run, ``stage_results`` each trained step's best validation (score,
+result); each step and the epochs run are logged.
+
+Resuming (``--resume``, :class:`recbole_mm.resume.StagedTrainer`): the training state names the
+step; ``fit`` skips step 1 (training or ``step1_checkpoint``) when the run stopped in step 2, sets
+the saved step up (``requires_grad`` of its groups, LoRA, optimiser, checkpoint file) and puts back
+its weights, optimiser, epoch, early stopping and random states. A run stopped between the steps
+resumes at step 2's start (best step-1 weights loaded).
 """
 from __future__ import annotations
 
@@ -29,14 +36,14 @@ from recbole.utils import set_color
 
 from recbole_mm.compat import load_checkpoint
 from recbole_mm.config import split_epochs, stage_epochs_line
+from recbole_mm.resume import StagedTrainer
 
 
-class SICSRecTrainer(Trainer):
+class SICSRecTrainer(StagedTrainer, Trainer):
     def __init__(self, config, model):
         super().__init__(config, model)
-        self.step_results = {}
+        self.stage_results = {}  # "step 1" -> (best valid score, best valid result)
         self.stage_epochs = {}  # "step 1" -> {"budget": n, "run": epochs trained}
-        self._stage = None
         self._enter_step(2)  # the final configuration (what a bare epoch / the cost tool trains)
 
     # ------------------------------------------------------------------ helpers
@@ -58,24 +65,12 @@ class SICSRecTrainer(Trainer):
         self.best_valid_score = -np.inf if self.valid_metric_bigger else np.inf
         self.best_valid_result = None
 
-    def step_budgets(self) -> dict:
+    def stage_budgets(self) -> dict:
         """Epoch budget of each step this run trains (``{"step 1": n1, "step 2": n2}``)."""
         if self.model.pretrain_branch != "none" and not self.config["step1_checkpoint"]:
             n1, n2 = split_epochs(self.config, ["step1_epochs", "step2_epochs"], "SICSRec")
             return {"step 1": n1, "step 2": n2}
         return {"step 2": split_epochs(self.config, ["step2_epochs"], "SICSRec")[0]}
-
-    def _begin_stage(self, name: str, epochs: int) -> None:
-        self._stage = name
-        self.stage_epochs[name] = {"budget": int(epochs), "run": 0}
-        self.epochs = int(epochs)
-        self.eval_step = min(self.config["eval_step"], self.epochs)
-
-    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
-        if self._stage is not None:
-            self.stage_epochs[self._stage]["run"] += 1
-        return super()._train_epoch(train_data, epoch_idx, loss_func=loss_func,
-                                    show_progress=show_progress)
 
     def step1_file(self) -> str:
         stem, ext = os.path.splitext(self.saved_model_file)
@@ -102,9 +97,10 @@ class SICSRecTrainer(Trainer):
             callback_fn=None):
         model, config = self.model, self.config
         final_file = self.saved_model_file
-        budgets = self.step_budgets()
-        self.stage_epochs = {}
-        if model.pretrain_branch != "none":
+        budgets = self.stage_budgets()
+        self.stage_epochs, self.stage_results = {}, {}
+        # resuming in step 2 skips step 1: the weights come from the training state
+        if model.pretrain_branch != "none" and self.resume_from() != "step 2":
             if config["step1_checkpoint"]:
                 self._enter_step(1)
                 self.load_step1(config["step1_checkpoint"])
@@ -116,9 +112,10 @@ class SICSRecTrainer(Trainer):
                                  + f": pre-training the {model.pretrain_branch} branch "
                                  + f"({sum(p.numel() for p in self._trainable())} trainable parameters, "
                                  + f"epochs <= {self.epochs})")
+                self.continue_stage()
                 score, result = super().fit(train_data, valid_data, verbose, saved, show_progress,
                                             callback_fn)
-                self.step_results[1] = (score, result)
+                self.stage_results["step 1"] = (score, result)
                 if saved and os.path.isfile(self.saved_model_file):
                     ckpt = load_checkpoint(self.saved_model_file, map_location=self.device)
                     model.load_state_dict(ckpt["state_dict"])
@@ -127,13 +124,14 @@ class SICSRecTrainer(Trainer):
             self.saved_model_file = final_file
         self._enter_step(2)
         self._begin_stage("step 2", budgets["step 2"])
+        self.continue_stage()
         frozen = sorted({model.group_of(n) for n, p in model.named_parameters() if not p.requires_grad})
         self.logger.info(set_color("SICSRec step 2/2", "green")
                          + f": post-training, frozen groups {frozen}, LoRA {model.lora_mode if model.has_lora else 'none'}"
                          + f" ({sum(p.numel() for p in self._trainable())} trainable parameters, "
                          + f"epochs <= {self.epochs})")
         score, result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
-        self.step_results[2] = (score, result)
+        self.stage_results["step 2"] = (score, result)
         self._stage = None
         self.logger.info(set_color("SICSRec epochs run", "green") + ": "
                          + stage_epochs_line(self.stage_epochs, config["epochs"]))
