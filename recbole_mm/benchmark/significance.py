@@ -120,6 +120,7 @@ def compare(out_dir, records, dataset, rows, metrics, reference=DEFAULT_REFERENC
                             f"this table (--reference names a row label or model)")
         return out
     ref_cells = _latest_ok(records, dataset, ref)
+    missing = []  # rows (or the reference) with cells recorded without per-user values
     for row in rows:
         if row["label"] == ref:
             continue
@@ -131,9 +132,7 @@ def compare(out_dir, records, dataset, rows, metrics, reference=DEFAULT_REFERENC
         ours = _mean_over_seeds(out_dir, [cells[s] for s in seeds])
         theirs = _mean_over_seeds(out_dir, [ref_cells[s] for s in seeds])
         if ours is None or theirs is None:
-            who = row["label"] if ours is None else ref
-            out["notes"].append(f"{row['label']}: not tested, {who} has cells without per-user "
-                                f"test values (recorded before the harness saved them)")
+            missing.append(ref if theirs is None else row["label"])
             continue
         for m in metrics:
             if m not in ours or m not in theirs:
@@ -150,6 +149,11 @@ def compare(out_dir, records, dataset, rows, metrics, reference=DEFAULT_REFERENC
                 "reference_mean": mean_b,
                 "diff": None if mean_a is None else mean_a - mean_b, "p": p, "test": test,
                 "mark": marker(p)})
+    if missing:
+        names = ", ".join(dict.fromkeys(missing))
+        what = "no row tested" if ref in missing else "not tested"
+        out["notes"].append(f"{what}: cells without per-user test values (recorded before the "
+                            f"harness saved them) in {names}")
     return out
 
 

@@ -1,0 +1,189 @@
+"""recbole_mm.benchmark while cells run: live progress in the cell log, scratch files under the
+output folder, timed-out cells keep what they reached, interrupted cells resume, and paired
+significance tests over test users (tiny data)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from recbole_mm import benchmark as bm
+from recbole_mm.benchmark import run as bench_run
+from recbole_mm.benchmark import significance
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = {"hidden_size": 16, "inner_size": 16, "embedding_size": 16, "n_layers": 1, "n_heads": 2,
+        "train_batch_size": 64, "eval_batch_size": 256}
+
+
+def _cells(spec, tiny_root, **cfg):
+    return bm.build_grid(bm.parse_models(spec), ["mm_sample"], [5], {},
+                         {**TINY, "data_path": tiny_root, **cfg})
+
+
+def test_progress_is_in_the_cell_log_while_it_runs(tiny_root, tmp_path):
+    """Every progress line is already in the cell's log file when the console shows it; RecBole's
+    logs, checkpoints and the log file land under the scratch folder, none in the working folder."""
+    (cell,) = _cells("SASRec", tiny_root, epochs=2)
+    out, scratch = tmp_path / "res", tmp_path / "res" / "scratch"
+    logfile = bench_run.log_path(str(scratch), cell.cell_id)
+    seen = []
+
+    def console(line):
+        if line.startswith("    epoch"):
+            with open(logfile) as f:
+                assert line.strip() in f.read()  # written before it is shown, not at the end
+        seen.append(line.strip())
+
+    (rec,) = bm.run_grid([cell], str(out), str(scratch), isolate=False, log=console)
+    assert rec["status"] == "ok"
+    train = [s for s in seen if s.startswith("epoch") and "train loss" in s]
+    valid = [s for s in seen if s.startswith("epoch") and "valid ndcg@10" in s]
+    assert [s.split(":")[0] for s in train] == ["epoch 0 of 2", "epoch 1 of 2"]
+    assert len(valid) == 2 and "(best " in valid[1] and valid[1].endswith(" s")
+    assert f"{rec['curve'][1]['train_loss']:.4f}" in train[1]
+    assert rec["log_file"] == logfile
+    assert os.path.isdir(scratch / "log") and os.path.isdir(scratch / "log_tensorboard")
+    assert not os.path.exists(tmp_path / "log") and not os.path.exists(tmp_path / "saved")
+    assert not os.listdir(scratch / "saved")  # a finished cell's checkpoints are removed
+
+
+def test_cli_scratch_goes_under_out_and_the_log_fills_live(tiny_root, tmp_path):
+    out = tmp_path / "res"
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    res = subprocess.run([sys.executable, "-m", "recbole_mm.benchmark", "--quick", "--models=SASRec",
+                          f"--out={out}", "--seeds=1", f"--data_path={tiny_root}", "--epochs=2",
+                          "--hidden_size=16", "--no_plots"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (cell_file,) = (out / "cells").glob("*.json")
+    cell_id = cell_file.name[:-5]
+    log = (out / "scratch" / "logs" / f"{cell_id}.log").read_text()
+    assert "epoch 1 of 2: train loss" in log and "epoch 1: valid ndcg@10" in log
+    assert "epoch 1 of 2: train loss" in res.stdout  # relayed to the console
+    assert (out / "scratch" / "log").is_dir() and not (tmp_path / "log").exists()
+    assert (out / "cells" / f"{cell_id}.users.npz").exists()
+
+
+def test_timed_out_cell_records_what_it_reached(tiny_root, tmp_path):
+    (cell,) = _cells("SASRec", tiny_root, epochs=100000, stopping_step=100000)
+    out, scratch = str(tmp_path / "res"), str(tmp_path / "res" / "scratch")
+    rec = bm.run_cell(cell, out, scratch, isolate=True, timeout=45)
+    assert rec["status"] == "timeout" and rec["reason"] == "timed out after 45 s"
+    assert rec["epochs_run"] >= 1, "the cell should train at least one tiny epoch in 45 s"
+    assert len([e for e in rec["curve"] if "train_s" in e]) == rec["epochs_run"]
+    scores = [e["valid_score"] for e in rec["curve"] if e.get("valid_score") is not None]
+    assert rec["best_valid_score"] == max(scores)
+    first_best = next(e for e in rec["curve"] if e.get("valid_score") == max(scores))
+    assert first_best["epoch"] == rec["best_epoch"]
+    assert rec["resumable"] is True  # the training state stays for the next attempt
+    assert bench_run.training_state(bench_run.cell_scratch(scratch, cell.cell_id))
+    saved = json.load(open(os.path.join(out, "cells", cell.cell_id + ".json")))
+    assert saved["status"] == "timeout" and saved["epochs_run"] == rec["epochs_run"]
+    md = bm.write_report(out, {"name": "t", "cells": [cell.cell_id]}, plots=False)["markdown"]
+    line = next(x for x in md.splitlines() if x.startswith(f"| {cell.cell_id} |"))
+    assert f"| timeout | {rec['epochs_run']} epoch" in line
+    assert f"best valid ndcg@10 {rec['best_valid_score']:.4f} at epoch {rec['best_epoch']}" in line
+
+
+def test_interrupted_cell_resumes_from_its_training_state(tiny_root, tmp_path):
+    """Stopped during epoch 1's validation, the cell resumes at epoch 1 (the training state holds
+    epoch 0) and ends exactly as an uninterrupted run of the same cell."""
+    (cell,) = _cells("SASRec", tiny_root, epochs=3, stopping_step=10)
+    out, scratch = str(tmp_path / "res"), str(tmp_path / "scratch")
+
+    def stop(line):
+        if line.strip().startswith("epoch 1: valid"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        bm.run_grid([cell], out, scratch, isolate=False, log=stop)
+    folder = bench_run.cell_scratch(scratch, cell.cell_id)
+    from recbole_mm.compat import load_checkpoint
+
+    assert load_checkpoint(bench_run.training_state(folder))["epoch"] == 0
+    lines = []
+    (rec,) = bm.run_grid([cell], out, scratch, isolate=False, log=lines.append)
+    assert rec["status"] == "ok" and rec["resumed_from_epoch"] == 1
+    assert [e["epoch"] for e in rec["curve"]] == [0, 1, 2] and rec["epochs_run"] == 3
+    assert any("resumed at epoch 1" in x for x in lines)
+    assert not os.path.exists(folder)  # finished: its scratch is removed
+    (whole,) = bm.run_grid([cell], str(tmp_path / "other"), str(tmp_path / "s2"), isolate=False,
+                           log=lambda s: None)
+    assert rec["test_result"] == whole["test_result"]
+    assert rec["best_valid_score"] == whole["best_valid_score"]
+    assert [e["valid_score"] for e in rec["curve"]] == [e["valid_score"] for e in whole["curve"]]
+
+
+def test_paired_p_values():
+    a = np.array([0.1, 0.5, 0.0, 0.3, 1.0])
+    assert significance.paired_p(a, a, "wilcoxon") == 1.0
+    assert significance.paired_p(a, a, "ttest") == 1.0
+    rng = np.random.default_rng(0)
+    x = rng.random(200)
+    assert significance.paired_p(x + 0.2, x + rng.normal(0, 0.05, 200), "ttest") < 1e-6
+    assert significance.paired_p(x + 0.2, x + rng.normal(0, 0.05, 200), "wilcoxon") < 1e-6
+    with pytest.raises(ValueError, match="expected one of wilcoxon, ttest, got 'z'"):
+        significance.paired_p(a, a, "z")
+    assert [significance.marker(p) for p in (0.001, 0.03, 0.2, None)] == ["**", "*", "", ""]
+
+
+def test_significance_identical_rows_and_trained_vs_random(tiny_root, tmp_path):
+    """Two identical cells: p = 1, no mark; a trained SASRec against the same model with random
+    weights (learning rate 0): significant. Per-user values average to the cell's metrics."""
+    cells = _cells("SASRec,twin=SASRec{},random=SASRec{learning_rate: 0.0}", tiny_root, epochs=4)
+    out = str(tmp_path / "res")
+    recs = bm.run_grid(cells, out, str(tmp_path / "s"), isolate=False, log=lambda s: None)
+    assert [r["status"] for r in recs] == ["ok"] * 3
+    sas = recs[0]
+    with np.load(os.path.join(out, "cells", sas["per_user"]["file"])) as npz:
+        assert len(npz["user"]) == sas["per_user"]["users"] == 200
+        assert len(set(npz["user"])) == 200
+        for m, v in sas["test_result"].items():
+            assert float(npz[m].mean()) == pytest.approx(v, abs=1e-4), m
+    rep = bm.write_report(out, {"name": "s", "cells": [c.cell_id for c in cells]}, plots=False)
+    res = {(t["label"], t["metric"]): t for t in rep["significance"]["mm_sample"]["results"]}
+    assert {t["reference"] for t in res.values()} == {"SASRec"}
+    for m in ("recall@10", "ndcg@10", "recall@50", "ndcg@50"):
+        assert res["twin", m]["p"] == 1.0 and res["twin", m]["mark"] == ""
+    rnd = res["random", "ndcg@10"]
+    assert rnd["users"] == 200 and rnd["diff"] < 0 and rnd["p"] < 0.01 and rnd["mark"] == "**"
+    md = rep["markdown"]
+    row = next(x for x in md.splitlines() if x.startswith("| random |"))
+    assert " **" in row.split("|")[2 + list(bm.metric_names(recs)).index("ndcg@10")]
+    assert "Wilcoxon signed-rank test" in md and "| vs SASRec |" in md
+    with open(os.path.join(out, "significance.csv")) as f:
+        assert len(f.read().splitlines()) == 1 + 2 * 4
+    # the paired t-test on request; a row whose cells lack per-user values is named, not tested
+    twin = next(r for r in recs if r["label"] == "twin")
+    twin_file = os.path.join(out, "cells", twin["cell_id"] + ".json")
+    old = json.load(open(twin_file))
+    old.pop("per_user")
+    json.dump(old, open(twin_file, "w"))
+    rep = bm.write_report(out, {"name": "s", "cells": [c.cell_id for c in cells],
+                                "significance_test": "ttest", "reference": "random"}, plots=False)
+    sig = rep["significance"]["mm_sample"]
+    assert {t["label"] for t in sig["results"]} == {"SASRec"}
+    assert sig["results"][0]["test"] == "ttest" and sig["results"][0]["diff"] > 0
+    assert sig["notes"] == ["not tested: cells without per-user test values (recorded before the "
+                            "harness saved them) in twin"]
+    assert "paired t-test" in rep["markdown"] and "Significance: not tested: " in rep["markdown"]
+
+
+@pytest.mark.parametrize("name", ["short_beauty", "short_scientific_mm"])
+def test_checked_in_results_regenerate(name, tmp_path):
+    """Result sets recorded before per-user values and 'reached' existed still report."""
+    src = os.path.join(ROOT, "benchmarks", "results", name)
+    if not os.path.isdir(src):
+        pytest.skip(f"{src} not in this checkout")
+    out = tmp_path / name
+    shutil.copytree(src, out)
+    assert bm.main(["--report", f"--out={out}", "--no_plots"]) == 0
+    md = (out / "summary.md").read_text()
+    rows = [r for r in bm.summarize(list(bm.load_cells(str(out)).values())) if r["n_ok"]]
+    assert rows and all(f"| {r['label']} | " in md for r in rows if not r["noise"])
+    assert "cells without per-user test values (recorded before the harness saved them)" in md
+    assert (out / "significance.csv").exists()
