@@ -419,7 +419,8 @@ def test_cli_runs_both_phases_and_tests_phase2_best(tiny_root, tmp_path):
     assert "phase 1/2" in out and "phase 2/2" in out and "[phase 2] epoch 0 training" in out
     assert "loaded best phase-1 weights" in out and "test result table" in out
     phase1 = list(saved.glob("DeCoRec-*-phase1.pth"))
-    final = [p for p in saved.glob("DeCoRec-*.pth") if p not in phase1]
+    final = [p for p in saved.glob("DeCoRec-*.pth")
+             if p not in phase1 and not p.name.endswith(".resume.pth")]  # not the training state
     assert len(phase1) == 1 and len(final) == 1
     assert f"Loading model structure and parameters from {final[0]}" in out
     ckpt = torch.load(final[0], weights_only=True)

@@ -336,7 +336,8 @@ def test_two_step_cli_end_to_end(tiny_root, tmp_path):
     assert out.index("step 1/2") < out.index("step 2/2") < out.index("test result table")
     assert "SICSRec epochs run" in out and "step 1 1/1, step 2 1/1: 2 epochs (epochs = 2)" in out
     step1 = list(saved.glob("SICSRec-*-step1.pth"))
-    final = [p for p in saved.glob("SICSRec-*.pth") if not p.name.endswith("-step1.pth")]
+    final = [p for p in saved.glob("SICSRec-*.pth")
+             if not p.name.endswith(("-step1.pth", ".resume.pth"))]  # nor the training state
     assert len(step1) == 1 and len(final) == 1
     assert f"Loading model structure and parameters from {final[0]}" in out.replace(str(saved) + "/", str(saved) + "/")
     from recbole_mm.compat import load_checkpoint
