@@ -220,8 +220,9 @@ def _check_unfinished(trainer, state: dict, file: str) -> None:
     (RecBole's ``fit`` would otherwise overwrite the best checkpoint with the last weights)."""
     done = int(state["epoch"]) + 1
     if done >= trainer.epochs:
-        raise ResumeError(f"cannot resume: {file} has trained all {trainer.epochs} epochs of the "
-                          f"run; pass a larger --epochs to train more.")
+        of = f"stage {state['stage']['name']!r}" if state["stage"] else "the run"
+        raise ResumeError(f"cannot resume: {file} has trained all {trainer.epochs} epochs of {of}; "
+                          f"pass a larger --epochs to train more.")
     stopping = trainer.stopping_step
     if stopping is not None and int(state["cur_step"]) > int(stopping):
         raise ResumeError(f"cannot resume: the run in {file} stopped early after epoch "

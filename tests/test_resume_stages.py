@@ -188,6 +188,32 @@ def test_resume_refuses_another_schedule(tiny_root, tmp_path):
         run_recbole_mm(resume=state, config_dict={"phase_schedule": "phase1_only"})
 
 
+def test_finished_run_resumes_its_last_stage_with_more_epochs(tiny_root, tmp_path):
+    """epochs 2 = 1 + 1; resuming with epochs 4 (2 + 2) trains phase 2's second epoch only."""
+    from recbole_mm.quick_start import run_recbole_mm
+    from recbole_mm.resume import ResumeError
+
+    done = run_recbole_mm("DeCoRec", "mm_sample", config_dict=_settings(
+        tiny_root, tmp_path, epochs=2, adapter_hidden=16, kmeans_niter=5))
+    with pytest.raises(ResumeError, match="has trained all 1 epochs of stage 'phase 2'; pass a "
+                                          "larger --epochs"):
+        run_recbole_mm(resume=done["saved_model_file"])
+    calls, trainers = [], []
+    more = run_recbole_mm(resume=done["saved_model_file"], config_dict={"epochs": 4},
+                          trainer_hook=_recorder(calls, trainers))
+    assert calls == [("phase 2", 1)]
+    assert trainers[0].stage_epochs == {"phase 1": {"budget": 1, "run": 1},
+                                        "phase 2": {"budget": 2, "run": 2}}
+    assert more["saved_model_file"] == done["saved_model_file"]
+
+
+def test_decorec_joint_schedule_resumes(tiny_root, tmp_path):
+    """phase_schedule joint: one stage, the phase-2 model trained from scratch."""
+    _, b = _check_resume("DeCoRec", tiny_root, tmp_path, 2, ("phase 2 (joint)", 1),
+                         adapter_hidden=16, kmeans_niter=5, phase_schedule="joint")
+    assert b.stage_epochs == {"phase 2 (joint)": {"budget": 4, "run": 4}}
+
+
 def test_resume_refuses_another_missrec_stage(tiny_root, tmp_path):
     from recbole_mm.quick_start import run_recbole_mm
     from recbole_mm.resume import ResumeError
