@@ -187,3 +187,40 @@ def test_checked_in_results_regenerate(name, tmp_path):
     assert rows and all(f"| {r['label']} | " in md for r in rows if not r["noise"])
     assert "cells without per-user test values (recorded before the harness saved them)" in md
     assert (out / "significance.csv").exists()
+
+
+def test_resumed_curve_keeps_the_epochs_before_the_resumed_one():
+    from recbole_mm.benchmark.probe import resumed_curve
+
+    one = [{"epoch": e, "segment": 0} for e in range(4)]
+    assert [r["epoch"] for r in resumed_curve(one, 2)] == [0, 1]
+    # a two-stage run resumed in its second stage keeps the whole first stage
+    two = one + [{"epoch": e, "segment": 1} for e in range(3)]
+    got = resumed_curve(two, 1)
+    assert [(r["segment"], r["epoch"]) for r in got] == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0)]
+    # stopped just after the second stage began: resumes at its start
+    assert len(resumed_curve(two, 0)) == 4
+
+
+def test_two_stage_cell_resumes_inside_its_second_stage(tiny_root, tmp_path):
+    """DeCoRec (two phases) stopped in phase 2 resumes there: the curve keeps phase 1, and the
+    cell ends as an uninterrupted one."""
+    (cell,) = _cells("DeCoRec", tiny_root, epochs=4, stopping_step=10)
+    out, scratch = str(tmp_path / "res"), str(tmp_path / "scratch")
+    seen = []
+
+    def stop(line):
+        seen.append(line.strip())
+        if sum(x.startswith("epoch 0: valid") for x in seen) == 2:  # phase 2, first validation
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        bm.run_grid([cell], out, scratch, isolate=False, log=stop)
+    (rec,) = bm.run_grid([cell], out, scratch, isolate=False, log=lambda s: None)
+    (whole,) = bm.run_grid([cell], str(tmp_path / "other"), str(tmp_path / "s2"), isolate=False,
+                           log=lambda s: None)
+    assert rec["status"] == whole["status"] == "ok" and rec["resumed_from_epoch"] is not None
+    assert [(e["segment"], e["epoch"]) for e in rec["curve"]] == [
+        (e["segment"], e["epoch"]) for e in whole["curve"]] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert rec["test_result"] == pytest.approx(whole["test_result"], abs=1e-9)
+    assert rec["stage_epochs"] == whole["stage_epochs"]

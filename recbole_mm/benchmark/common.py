@@ -81,7 +81,7 @@ def reached_summary(rec: dict) -> str:
     if rec.get("best_valid_score") is not None:
         out += (f", best valid {rec.get('valid_metric') or 'score'} "
                 f"{rec['best_valid_score']:.4f} at epoch {rec.get('best_epoch')}")
-    if rec.get("resumed_from_epoch"):
+    if rec.get("resumed_from_epoch") is not None:
         out += f", resumed at epoch {rec['resumed_from_epoch']}"
     return out
 

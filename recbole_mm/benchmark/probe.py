@@ -26,8 +26,8 @@ HARNESS_KEYS = {"show_progress", "state", "reproducibility", "checkpoint_dir", "
 class Probe:
     """Records one run. ``progress(line)`` receives a line per training epoch and per validation;
     ``progress_file`` (optional) is rewritten atomically after each of them with
-    :meth:`reached`; ``prior_curve`` is the curve of an earlier attempt of a resumed run (its
-    epochs before the resumed one are kept)."""
+    :meth:`reached`; ``prior_curve`` is the curve of the earlier attempt of a resumed run (its
+    epochs before the one the run resumes at are kept)."""
 
     def __init__(self, progress=None, progress_file=None, prior_curve=None):
         self.attached = False
@@ -42,7 +42,7 @@ class Probe:
         self._in_fit = self._collect = False
         self._progress = progress or (lambda line: None)
         self._progress_file = progress_file
-        self._prior = list(prior_curve or [])
+        self._prior = None if prior_curve is None else list(prior_curve)
 
     # ------------------------------------------------------------------ summary of the run so far
     def best(self):
@@ -93,11 +93,9 @@ class Probe:
             "valid_metric_bigger": bool(config["valid_metric_bigger"]),
             "eval_step": int(config["eval_step"]),
         }
-        start = int(getattr(trainer, "start_epoch", 0) or 0)
-        if start > 0:  # a resumed run: keep the earlier attempt's epochs before this one
-            self.resumed_from = start
-            self.epochs = [dict(r) for r in self._prior if int(r.get("epoch", -1)) < start
-                           and r.get("segment", 0) == 0]
+        if self._prior is not None:  # a resumed run: the earlier attempt's epochs before it
+            self.resumed_from = start = int(getattr(trainer, "start_epoch", 0) or 0)
+            self.epochs = resumed_curve(self._prior, start)
             self._progress(f"resumed at epoch {start} ({len(self.epochs)} earlier epoch(s) kept)")
         probe = self
         orig_train, orig_valid = trainer._train_epoch, trainer._valid_epoch
@@ -215,6 +213,16 @@ class Probe:
             for k in metric.topk:
                 values[f"{name.lower()}@{k}"] = per_k[:, k - 1].astype(np.float32)
         return tokens, values
+
+
+def resumed_curve(prior, start: int) -> list:
+    """The earlier attempt's curve up to the epoch a resumed run starts at: entries of its last
+    stage (segment) from epoch ``start`` on are dropped (that stage goes on from ``start``)."""
+    kept = [dict(r) for r in prior]
+    last = max((r.get("segment", 0) for r in kept), default=0)
+    while kept and kept[-1].get("segment", 0) == last and int(kept[-1]["epoch"]) >= start:
+        kept.pop()
+    return kept
 
 
 def _num(v):

@@ -127,7 +127,7 @@ def execute_cell(cell: Cell, scratch: str, progress=None, per_user_file=None, ba
         cfg["data_path"] = os.path.join(base_dir, str(cfg["data_path"]))
     state = training_state(folder)
     progress_file = os.path.join(folder, "progress.json")
-    probe = Probe(progress, progress_file, reached(folder).get("curve") if state else None)
+    probe = Probe(progress, progress_file, (reached(folder).get("curve") or []) if state else None)
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -243,6 +243,12 @@ def _stamp(line: str) -> str:
     return f"{time.strftime('%H:%M:%S')} {line}"
 
 
+def _is_progress(line: str) -> bool:
+    """A line :func:`_stamp` wrote (the run's other output, e.g. library warnings, stays in the
+    log file only)."""
+    return len(line) > 9 and line[2] == line[5] == ":" and line[:8].replace(":", "").isdigit()
+
+
 def run_cell(cell: Cell, out_dir: str, scratch: str, isolate: bool = True,
              timeout: float | None = None, command: str = "", log=None,
              fresh: bool = False) -> dict:
@@ -289,7 +295,7 @@ def _run_isolated(cell, scratch, logfile, users_file, timeout, log, fresh) -> di
     env["PYTHONPATH"] = PROJECT_DIR + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     args = [sys.executable, "-m", "recbole_mm.benchmark", "--_cell", spec_path, "--_result",
             res_path, "--_scratch", scratch, "--_users", users_file, "--_base_dir", os.getcwd()]
-    tail = _LogTail(logfile, lambda line: log("    " + line))
+    tail = _LogTail(logfile, lambda line: log("    " + line) if _is_progress(line) else None)
     timed_out = False
     t0 = time.perf_counter()
     try:
@@ -322,10 +328,8 @@ def _run_isolated(cell, scratch, logfile, users_file, timeout, log, fresh) -> di
                            reason=f"cell process exited with {proc.returncode}",
                            traceback=tail.text()[-3000:])
             rec["wall_s"] = round(time.perf_counter() - t0, 3)
-            note = f"{rec['status']}: {rec['reason']}"
             with open(logfile, "a") as f:
-                f.write(_stamp(note) + "\n")
-            log("    " + note)
+                f.write(_stamp(f"{rec['status']}: {rec['reason']}") + "\n")
     finally:
         for p in (spec_path, res_path):
             if os.path.exists(p):
