@@ -189,6 +189,7 @@ def _eval_measure(items, dim, users, eval_item_chunk, eval_batch_size, seed, che
         n_items = int(test._dataset.item_num)
         setup_s = time.perf_counter() - t0
         before_mb = _current_rss_mb()
+        load = os.getloadavg()[0]
         reset = _reset_peak_rss()
         t1 = time.perf_counter()
         result = trainer.evaluate(test, load_best_model=False)
@@ -209,6 +210,7 @@ def _eval_measure(items, dim, users, eval_item_chunk, eval_batch_size, seed, che
             "items": n_items, "dim": dim, "users": users, "test_rows": len(test._dataset),
             "eval_batch_size": eval_batch_size, "eval_item_chunk": eval_item_chunk,
             "topk": list(config["topk"]), "threads": torch.get_num_threads(),
+            "load_average_1min_before_eval": round(load, 2),
             "setup_seconds": round(setup_s, 2), "eval_seconds": round(eval_s, 2),
             "rss_before_eval_mb": round(before_mb, 1),
             "eval_peak_rss_mb": None if eval_peak_mb is None else round(eval_peak_mb, 1),
@@ -259,8 +261,14 @@ def main(argv=None):
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if args.eval:
+        import datetime
+        import os
+
         summary = run_eval(args.items or 1_000_000, args.dim or 64, args.users,
                            args.eval_item_chunk, args.eval_batch_size, args.seed)
+        summary["command"] = (f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} python -m "
+                              f"recbole_mm.bench_scale " + " ".join(sys.argv[1:] if argv is None else argv))
+        summary["date"] = datetime.date.today().isoformat()
     else:
         summary = run(args.items or 100_000, args.dim or 512, args.interactions, args.knn_k,
                       args.clusters, args.seed)
