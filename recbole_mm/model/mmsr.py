@@ -136,11 +136,10 @@ class MMSR(SequentialRecommender):
         return (user * items).sum(-1)
 
     def full_sort_predict(self, interaction):
-        table = self.item_table()
-        scores = self.user_vector(interaction, table) @ table.t()
-        if self.mask_history:  # the paper ranks only items outside the input sequence
-            item_seq = interaction[self.ITEM_SEQ]
-            scores = scores.scatter(1, item_seq, float("-inf"))
+        users, table, _, excluded = self.full_sort_parts(interaction)
+        scores = users @ table.t()
+        if excluded is not None:  # the paper ranks only items outside the input sequence
+            scores = scores.scatter(1, excluded, float("-inf"))
         scores[:, 0] = float("-inf")  # padding is never recommended (RecBole's evaluation agrees)
         return scores
 

@@ -515,8 +515,8 @@ class SICSRec(SequentialRecommender):
         return (h * self._score_table()[interaction[self.ITEM_ID]]).sum(-1)
 
     def full_sort_predict(self, interaction):
-        h = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
-        return h @ self._score_table().t()  # [B, n_items]
+        h, table = self.full_sort_parts(interaction)
+        return h @ table.t()  # [B, n_items]
 
     def full_sort_parts(self, interaction):
         """``full_sort_predict`` as ``(users, item table)`` (recbole_mm.trainer.chunked_eval)."""
