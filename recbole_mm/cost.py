@@ -39,8 +39,10 @@ def measure(model_name: str, dataset: str, overrides: dict, epochs: int = 1,
     config = MMConfig(model=model_name, dataset=dataset, config_dict=cfg)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
+    t0 = time.perf_counter()
     data = create_dataset(config)
     train_data, valid_data, test_data = data_preparation(config, data)
+    load_s = time.perf_counter() - t0
     model_class = registry.get_model(config["model"])
     t0 = time.perf_counter()
     model = model_class(config, train_data._dataset).to(config["device"])
@@ -68,7 +70,7 @@ def measure(model_name: str, dataset: str, overrides: dict, epochs: int = 1,
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return {
         "model": model_name, "dataset": dataset, "device": str(config["device"]),
-        "build_s": round(build_s, 3), "train_epoch_s": round(min(train_times), 3),
+        "load_s": round(load_s, 3), "build_s": round(build_s, 3), "train_epoch_s": round(min(train_times), 3),
         "eval_s": round(min(eval_times), 3), "train_epoch_all_s": [round(t, 3) for t in train_times],
         "eval_all_s": [round(t, 3) for t in eval_times], "peak_mem_mb": round(peak, 1),
         "params": sum(p.numel() for p in model.parameters()),

@@ -155,16 +155,11 @@ def baby_standins(tmp_path):
     """STAND-IN MMRec feature files for Baby in a data root: MMRec's names, shapes and dtype,
     random values (never a quality result); the item map is the real one, read from the split
     folder in place and copied into the temporary folder only."""
+    from recbole_mm.data.sample import write_mmrec_standins
+
     split = shared_data("amazon2014_baby")
-    folder = tmp_path / "standin_root" / "baby"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    np.save(folder / "text_feat.npy", rng.standard_normal((BABY_ITEMS, TEXT_DIM), dtype=np.float32))
-    np.save(folder / "image_feat.npy", rng.standard_normal((BABY_ITEMS, IMAGE_DIM), dtype=np.float32))
-    with open(os.path.join(split, "i_id_mapping.csv"), encoding="utf-8") as f:
-        (folder / "i_id_mapping.csv").write_text(f.read())
-    (folder / "STAND-IN-FEATURES.txt").write_text(
-        "Random float32 stand-ins in MMRec's names and shapes, made by tests/test_mmrec.py.\n")
+    write_mmrec_standins(split, str(tmp_path / "standin_root" / "baby"), BABY_ITEMS, TEXT_DIM,
+                         IMAGE_DIM)
     return str(tmp_path / "standin_root")
 
 

@@ -90,3 +90,24 @@ def ensure_sample(folder: str, name: str = "mm_sample") -> str:
     if not os.path.isfile(os.path.join(folder, f"{name}.inter")):
         write_sample(folder, name)
     return folder
+
+
+def write_mmrec_standins(split_folder: str, folder: str, n_items: int, text_dim: int = 384,
+                         image_dim: int = 4096, seed: int = 0) -> str:
+    """STAND-IN MMRec feature files for a split whose real features are not available:
+    ``text_feat.npy`` / ``image_feat.npy`` in MMRec's names, shapes and dtype (float32, random
+    numbers: never a quality result), the split's real ``i_id_mapping.csv`` copied beside them,
+    and a ``STAND-IN-FEATURES.txt`` marker. Used to measure what a run costs (benchmarks, the
+    headline test). Returns ``folder``."""
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    atomic_save_npy(os.path.join(folder, "text_feat.npy"),
+                    rng.standard_normal((n_items, text_dim), dtype=np.float32))
+    atomic_save_npy(os.path.join(folder, "image_feat.npy"),
+                    rng.standard_normal((n_items, image_dim), dtype=np.float32))
+    with open(os.path.join(split_folder, "i_id_mapping.csv"), encoding="utf-8") as f:
+        atomic_write_text(os.path.join(folder, "i_id_mapping.csv"), f.read())
+    atomic_write_text(os.path.join(folder, "STAND-IN-FEATURES.txt"),
+                      "Random float32 stand-ins in MMRec's names and shapes "
+                      "(recbole_mm.data.sample.write_mmrec_standins): not real features.\n")
+    return folder
