@@ -248,3 +248,20 @@ def test_bert4rec_batches_are_trimmed_but_not_bucketed(make_config):
         ds = train._dataset
         assert batch[ds.item_id_list_field].shape[1] == int(batch[ds.item_list_length_field].max())
         assert torch.isfinite(model.calculate_loss(batch))
+
+
+def test_distributed_ranks_share_rows_like_recboles_sampler(make_config):
+    """Each rank gets every world_size-th row (rows repeated from the start to even out, as
+    RecBole's DistributedSampler does); train ranks get as many batches as each other."""
+    config, (train, valid, test) = _loaders(make_config, "SASRec", train_batch_size=16)
+    n = test.sample_size
+    shares, plans = [], []
+    for rank in (0, 1, 2):
+        cfg = dict(config.final_config_dict, single_spec=False, world_size=3, local_rank=rank)
+        test.config = cfg
+        shares.append(np.concatenate(test._epoch_batches()))
+        train.config = cfg
+        plans.append((len(train._batch_plan()), len(train._epoch_batches())))
+    assert len({len(s) for s in shares}) == 1 and len(shares[0]) == -(-n // 3)
+    assert set(np.concatenate(shares).tolist()) == set(range(n))
+    assert len(set(plans)) == 1 and plans[0][0] == plans[0][1]

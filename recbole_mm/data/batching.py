@@ -147,15 +147,15 @@ class _TrimmedLoader:
     def _trim(self, data):
         return trim_interaction(self._dataset, data, self._model_name)
 
-    def _shard(self, batches: list) -> list:
-        """Distributed runs: every rank gets the same number of batches (RecBole's
-        ``DistributedSampler`` also repeats rows to even the ranks out)."""
+    def _shard_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Distributed runs: this rank's share of ``rows``, as RecBole's ``DistributedSampler``
+        gives it (rows repeated from the start until every rank has as many)."""
         if self.config["single_spec"]:
-            return batches
+            return rows
         ws, rank = int(self.config["world_size"]), int(self.config["local_rank"])
-        if len(batches) % ws:
-            batches = batches + batches[: ws - len(batches) % ws]
-        return batches[rank::ws]
+        if len(rows) % ws:
+            rows = np.concatenate([rows, rows[: ws - len(rows) % ws]])
+        return rows[rank::ws]
 
     def __iter__(self):
         for index in self._epoch_batches():
@@ -181,23 +181,26 @@ class BucketedTrainDataLoader(_TrimmedLoader, TrainDataLoader):
         self._bucket_gen.manual_seed(int(config["seed"]))
 
     def _batch_plan(self):
-        n, step = self.sample_size, self.step
+        n, step = len(self._shard_rows(np.arange(self.sample_size))), self.step
         if self._bucket and self.shuffle and self._window > 0:
             span = self._window * step
             sizes = [min(span, n - s) for s in range(0, n, span)]
         else:
             sizes = [n]
-        return self._shard([None] * sum(-(-k // step) for k in sizes))
+        return [None] * sum(-(-k // step) for k in sizes)
 
     def _epoch_batches(self):
         step = self.step
+        rows = np.arange(self.sample_size)
+        if self.shuffle and not self.config["single_spec"]:  # the same permutation on every rank
+            rows = torch.randperm(self.sample_size, generator=self._bucket_gen).numpy()
+        rows = self._shard_rows(rows)
         if self._bucket and self.shuffle:
-            batches = length_buckets(self._lengths, step, self._bucket_gen, self._window)
-        else:
-            idx = (torch.randperm(self.sample_size, generator=self._bucket_gen).numpy()
-                   if self.shuffle else np.arange(self.sample_size))
-            batches = [idx[i:i + step] for i in range(0, len(idx), step)]
-        return self._shard(batches)
+            return [rows[b] for b in length_buckets(self._lengths[rows], step, self._bucket_gen,
+                                                    self._window)]
+        if self.shuffle:
+            rows = rows[torch.randperm(len(rows), generator=self._bucket_gen).numpy()]
+        return [rows[i:i + step] for i in range(0, len(rows), step)]
 
     def collate_fn(self, index):
         index = np.asarray(index)
@@ -219,9 +222,8 @@ class TrimmedFullSortEvalDataLoader(_TrimmedLoader, FullSortEvalDataLoader):
         return self._epoch_batches()
 
     def _epoch_batches(self):
-        step = self.step
-        batches = [self._order[i:i + step] for i in range(0, len(self._order), step)]
-        return self._shard(batches)
+        rows = self._shard_rows(self._order)
+        return [rows[i:i + self.step] for i in range(0, len(rows), self.step)]
 
     def collate_fn(self, index):
         index = np.asarray(index)
