@@ -49,3 +49,19 @@ def test_epoch_parts_attributes_forward_time_to_modules(make_data):
     assert "trm_encoder" in parts["forward_by_module_s"]
     assert sum(parts["forward_by_module_s"].values()) <= parts["forward_s"] + 1e-6
     assert parts["backward_s"] > 0 and parts["optimizer_step_s"] > 0
+
+
+def test_speed_report_one_path_and_unknown_path(tiny_root, tmp_path):
+    import pytest
+
+    from recbole_mm.speed.__main__ import main
+
+    out = tmp_path / "one.json"
+    common = ["--models=SASRec", "--dataset=mm_sample", "--epochs_timed=1", "--eval_repeats=1",
+              f"--data_path={tiny_root}", "--hidden_size=8", "--inner_size=16", "--n_layers=1",
+              "--n_heads=1", "--state=WARNING"]
+    main(common + ["--paths=trimmed", f"--json={out}"])
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["path"] == "trimmed" and row["tokens"] <= row["positions"]
+    with pytest.raises(ValueError, match="--paths"):
+        main(common + ["--paths=fast"])

@@ -14,6 +14,8 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs_timed", type=int, default=2,
                         help="training epochs timed per path (the fastest is reported)")
     parser.add_argument("--eval_repeats", type=int, default=2)
+    parser.add_argument("--paths", default="padded,trimmed",
+                        help="which paths to run: padded,trimmed (default) or one of them")
     parser.add_argument("--parts", action="store_true",
                         help="also time one trimmed epoch by part (forward per sub-module, "
                              "backward, optimizer step)")
@@ -35,14 +37,17 @@ def main(argv=None) -> int:
     for name in models:
         print(f"[speed] {name} on {args.dataset}: padded path, then trimmed path ...", flush=True)
         paths = measure_paths(name, args.dataset, overrides, args.epochs_timed, args.eval_repeats,
-                              parts=args.parts)
+                              parts=args.parts,
+                              paths=[p.strip() for p in args.paths.split(",") if p.strip()])
         if rate is None:  # measured after the first model's data is known
-            rate = matmul_rate(paths["trimmed"]["hidden_size"], paths["trimmed"]["n_items"])
+            first = next(iter(paths.values()))
+            rate = matmul_rate(first["hidden_size"], first["n_items"])
         raw[name] = paths
         rows.append(summarise(name, paths, rate["rate"]))
         print(json.dumps(rows[-1]), flush=True)
         if args.parts:
-            print(json.dumps({"model": name, "parts": paths["trimmed"]["parts"]}), flush=True)
+            print(json.dumps({"model": name, "parts": paths.get("trimmed", {}).get("parts")}),
+                  flush=True)
     table = markdown(rows, args.dataset)
     print(table)
     out = {"dataset": args.dataset, "overrides": overrides, "matmul_flops_per_s": rate,

@@ -34,10 +34,13 @@ def count_positions_and_parts(config, model, train_data, test_data) -> dict:
 
 
 def measure_paths(model_name: str, dataset: str, overrides: dict, epochs: int = 2,
-                  eval_repeats: int = 2, parts: bool = False) -> dict:
-    """``{'padded': result, 'trimmed': result}`` (see :func:`recbole_mm.cost.measure`); with
-    ``parts`` the trimmed path also reports where an epoch's time goes."""
-    return {path: measure(model_name, dataset, {**overrides, **extra}, epochs, eval_repeats,
+                  eval_repeats: int = 2, parts: bool = False, paths=tuple(PATHS)) -> dict:
+    """``{'padded': result, 'trimmed': result}`` (see :func:`recbole_mm.cost.measure`), or only
+    the ``paths`` named; with ``parts`` the trimmed path also reports where an epoch's time goes."""
+    unknown = [p for p in paths if p not in PATHS]
+    if unknown:
+        raise ValueError(f"--paths: unknown path(s) {unknown}; expected some of {list(PATHS)}.")
+    return {path: measure(model_name, dataset, {**overrides, **PATHS[path]}, epochs, eval_repeats,
                           inspect=count_positions_and_parts if parts and path == "trimmed"
                           else count_positions)
-            for path, extra in PATHS.items()}
+            for path in paths}
