@@ -53,7 +53,7 @@ def build_parser():
     p.add_argument("--datasets", default=None, help="comma list of dataset names")
     p.add_argument("--seeds", default=None, help="comma list of seeds (default 2020)")
     p.add_argument("--profile", default=None, choices=sorted(PROFILES),
-                   help="quick (CPU smoke, mm_sample), short (CPU), full (GPU, paper defaults)")
+                   help="quick (CPU smoke, mm_sample), short (CPU), full (paper defaults; CPU or GPU)")
     p.add_argument("--quick", action="store_true", help="= --profile=quick")
     p.add_argument("--grid", default=None, help="yaml with models / datasets / seeds / profile / config")
     p.add_argument("--noise", default=None,

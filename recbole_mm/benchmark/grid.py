@@ -41,7 +41,7 @@ PROFILES = {
         "datasets": ["scientific_mm"],
     },
     "full": {
-        "description": "full profile (GPU): plugin models train with their paper defaults "
+        "description": "full profile (paper settings; fits a CPU with padding-free batches): plugin models train with their paper defaults "
                        "(properties/model/<M>.yaml); RecBole baselines use d=300 and batch 512 "
                        "(SGP4SR's baseline setting), RecBole's other defaults; every model under "
                        "the plugin-wide protocol (early stopping patience 10 on valid NDCG@10); "
