@@ -12,17 +12,7 @@ import pytest
 import torch
 
 
-class Stop(Exception):
-    """Stands for a run killed in the middle of an epoch."""
-
-
-def _settings(tiny_root, folder, **over):
-    cfg = {"data_path": tiny_root, "epochs": 4, "hidden_size": 16, "inner_size": 16,
-           "n_layers": 1, "n_heads": 2, "train_batch_size": 64, "eval_batch_size": 256,
-           "checkpoint_dir": str(folder), "state": "WARNING", "show_progress": False,
-           "reproducibility": True, "seed": 2020, "hidden_dropout_prob": 0.3}
-    cfg.update(over)
-    return cfg
+from test_resume import Stop, _settings  # one definition of a stopped run and its settings
 
 
 def _recorder(calls, trainers, stop_after=None):
