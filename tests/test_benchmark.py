@@ -26,6 +26,10 @@ def test_parse_models_labels_groups_and_configs():
     assert [g[0] for g in got[2:]] == ["BERT4Rec", "GRU4Rec", "FDSA", "SASRecF"]  # SASRec once
     assert bm.parse_models([{"model": "GRU4Rec", "label": "gru", "config": {"epochs": 2}}]) == [
         ("gru", "GRU4Rec", {"epochs": 2})]
+    # commas inside a flow list or a label's parentheses do not split entries
+    got = bm.parse_models("SICSRec (ID+T, w/o SFT)=SICSRec{input_modalities: [id, text]},GRU4Rec")
+    assert got == [("SICSRec (ID+T, w/o SFT)", "SICSRec", {"input_modalities": ["id", "text"]}),
+                   ("GRU4Rec", "GRU4Rec", {})]
     with pytest.raises(SystemExit, match="bad model entry"):
         bm.parse_models("SAS Rec!")
 

@@ -105,8 +105,8 @@ def parse_models(spec) -> list[tuple[str, str, dict]]:
                 items.append(cur)
                 cur = ""
                 continue
-            depth += ch == "{"
-            depth -= ch == "}"
+            depth += ch in "{[("  # commas inside a config, a list or a label's brackets
+            depth -= ch in "}])"
             cur += ch
         items.append(cur)
         spec = [s.strip() for s in items if s.strip()]
