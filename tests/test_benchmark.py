@@ -109,6 +109,24 @@ def test_report_puts_the_papers_number_beside_ours(tmp_path):
                                                          "curves_scientific_mm.png"]
 
 
+def test_labelled_variants_meet_the_paper_row_of_their_setting():
+    """An ablation row meets the paper's ablation number, not the full model's; a variant the
+    paper never ran is marked ``model only``."""
+    def rec(label, value):
+        return {"cell_id": label, "dataset": "scientific_mm", "label": label, "model": "DeCoRec",
+                "seed": 1, "status": "ok", "test_result": {"recall@10": value}, "best_epoch": 1,
+                "epochs_run": 2}
+    recs = [rec("DeCoRec", 0.17), rec("DeCoRec w/o phase", 0.165), rec("DeCoRec tiny", 0.1)]
+    comp = {c["label"]: c for c in bm.compare_with_papers(bm.summarize(recs), ["recall@10"])}
+    assert comp["DeCoRec"]["paper_value"] == 0.1779 and comp["DeCoRec"]["match"] == "model"
+    assert comp["DeCoRec w/o phase"]["paper_value"] == 0.1650  # DeCoRec Table 4, w/o phase
+    assert comp["DeCoRec w/o phase"]["match"] == "setting"
+    assert comp["DeCoRec tiny"]["paper_value"] == 0.1779 and comp["DeCoRec tiny"]["match"] == "model only"
+    md = bm.markdown_report(recs, bm.summarize(recs), {"name": "t", "command": "cmd", "profile": "quick"})
+    assert "| DeCoRec tiny | recall@10 |" in md and "model only: this row's setting differs" in md
+    assert bm.row_variant("SICSRec (ID+T, w/o SFT)", "SICSRec") == "id+t, w/o sft"
+
+
 def test_grid_runs_resumes_and_reports(tiny_root, tmp_path, monkeypatch):
     """A model x two seeds in process: records, CSV, markdown; a second call reruns nothing."""
     models = bm.parse_models("SASRec,NoSuchModel")

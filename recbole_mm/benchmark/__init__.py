@@ -37,7 +37,7 @@ from recbole_mm.benchmark.grid import (BASELINES, CELL_REVISION, ID_ONLY_BASELIN
                                        PAPER_MODELS, PAPER_PROTOCOL_SUFFIX, PROFILES, Cell,
                                        build_grid, has_model_properties, parse_models,
                                        parse_noise, row_label)
-from recbole_mm.benchmark.papers import compare_with_papers, noise_paper_drops
+from recbole_mm.benchmark.papers import compare_with_papers, noise_paper_drops, row_variant
 from recbole_mm.benchmark.plots import make_plots
 from recbole_mm.benchmark.probe import (EFFECTIVE_KEYS, Probe, best_epoch_from_curve,
                                         effective_config, stage_epochs)

@@ -3,29 +3,52 @@ table and the drops SGP4SR's paper reports under modality-mismatch noise (marked
 from __future__ import annotations
 
 
+def _norm(text: str) -> str:
+    return " ".join(str(text).lower().replace("(", " ").replace(")", " ").split())
+
+
+def row_variant(label: str, model: str) -> str:
+    """What a row's label says beyond its model name: ``'DeCoRec w/o phase'`` -> ``'w/o phase'``,
+    ``'SICSRec (ID+T, w/o SFT)'`` -> ``'id+t, w/o sft'``, ``'SASRec'`` -> ``''``."""
+    label = str(label)
+    rest = label[len(model):] if label.lower().startswith(str(model).lower()) else label
+    return _norm(rest.strip(" -_:"))
+
+
 def compare_with_papers(rows, metrics) -> list[dict]:
-    """Our mean beside every matching number reported in the papers (same dataset, model)."""
+    """Our mean beside every matching number reported in the papers (same dataset, model).
+
+    A row named by its model alone meets the papers' main-table numbers. A labelled variant
+    (``'DeCoRec w/o phase'``) meets the paper row of the same setting (ablation tables
+    included) when one exists; otherwise it meets the main-table numbers with ``match`` =
+    ``'model only'``, so the report can say that the setting differs."""
     from recbole_mm import reference
 
     out = []
     for row in rows:
         if row["noise"] or not row["n_ok"]:
             continue
+        variant = row_variant(row["label"], row["model"])
         for m in metrics:
             ours = row.get(m)
             if ours is None:
                 continue
-            for ref in reference.lookup(dataset=row["dataset"], model=row["model"], metric=m):
+            refs, match = reference.lookup(dataset=row["dataset"], model=row["model"], metric=m), "model"
+            if variant:
+                same = [r for r in reference.lookup(dataset=row["dataset"], model=row["model"],
+                                                    metric=m, compare_only=False)
+                        if r.get("setting") and _norm(r["setting"]) == variant]
+                refs, match = (same, "setting") if same else (refs, "model only")
+            for ref in refs:
                 ratio = ours / ref["value"] if ref["value"] else None
                 out.append({"dataset": row["dataset"], "label": row["label"],
                             "model": row["model"], "metric": m, "ours": ours,
                             "ours_std": row.get(m + "_std"), "paper_value": ref["value"],
                             "ratio": ratio, "paper": ref["paper"], "table": ref["table"],
                             "paper_dataset": ref["dataset"], "paper_model": ref["model"],
-                            "setting": ref.get("setting", ""),
+                            "setting": ref.get("setting", ""), "match": match,
                             "paper_metric": ref["metric_printed"]})
     return out
-
 
 
 def noise_paper_drops(model, metric):

@@ -53,16 +53,17 @@ def make_plots(records, rows, out_dir, metrics=None) -> list[str]:
                 and not r.get("noise") and r.get("curve")]
         if recs:
             fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-            colors = {}
+            styles = {}  # one (colour, line style) per row: ten colours, then dashed, dotted, ...
             for r in recs:
-                c = colors.setdefault(r["label"], f"C{len(colors) % 10}")
+                n = styles.setdefault(r["label"], len(styles))
+                c, style = f"C{n % 10}", ("-", "--", ":", "-.")[(n // 10) % 4]
                 ep = [e.get("step", e["epoch"]) for e in r["curve"] if e.get("train_loss") is not None]
                 ls = [e["train_loss"] for e in r["curve"] if e.get("train_loss") is not None]
-                a1.plot(ep, ls, color=c, marker=".", label=r["label"] if r["seed"] == min(
+                a1.plot(ep, ls, color=c, linestyle=style, marker=".", label=r["label"] if r["seed"] == min(
                     x["seed"] for x in recs if x["label"] == r["label"]) else None)
                 ev = [e for e in r["curve"] if e.get("valid_score") is not None]
                 a2.plot([e.get("step", e["epoch"]) for e in ev], [e["valid_score"] for e in ev], color=c,
-                        marker=".")
+                        linestyle=style, marker=".")
             from matplotlib.ticker import MaxNLocator
 
             for a in (a1, a2):

@@ -333,14 +333,20 @@ def markdown_report(records, rows, meta, significance=None) -> str:
     if comp:
         lines += ["ratio = ours / paper. Hit@K and Recall@K are the same number with one target "
                   "per user. The papers trained at their own settings (usually d=300, up to "
-                  "hundreds of epochs); see the profile above before reading a ratio.", "",
+                  "hundreds of epochs); see the profile above before reading a ratio. A labelled "
+                  "row (an ablation, a variant) meets the paper's row of the same setting when the "
+                  "paper has one; `model only` marks a variant beside the paper's main row, whose "
+                  "setting differs.", "",
                   "| dataset | model | metric | ours | paper | ratio | source | paper's setting |",
                   "|---|---|---|---|---|---|---|---|"]
         for c in comp:
             src = f"{c['paper']} {c['table']} ({c['paper_dataset']}, {c['paper_model']})"
+            setting = c["setting"] or "-"
+            if c.get("match") == "model only":
+                setting += " (model only: this row's setting differs)"
             lines.append(f"| {c['dataset']} | {c['label']} | {c['metric']} | "
                          f"{_fmt(c['ours'], c['ours_std'])} | {c['paper_value']:.4f} | "
-                         f"{c['ratio']:.3f} | {src} | {c['setting'] or '-'} |")
+                         f"{c['ratio']:.3f} | {src} | {setting} |")
     else:
         lines.append("No paper reports numbers for these dataset/model pairs.")
     lines.append("")
