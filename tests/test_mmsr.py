@@ -186,8 +186,10 @@ def test_identical_content_gives_identical_vectors_and_unseen_items_are_ranked(m
     assert counts.shape[0] == model.n_items
 
 
-def test_full_sort_uses_one_cached_item_table_and_masks_history(make_data):
-    model, config, train, valid, test = _model(make_data, protocol="paper")  # masks history
+def test_full_sort_uses_one_cached_item_table(make_data):
+    """The model scores every item (padding -inf); history masking (the paper protocol) is the
+    evaluation loaders' history_index, for every model (tests/test_mask_history.py)."""
+    model, config, train, valid, test = _model(make_data, protocol="paper")
     model.eval()
     inter = next(iter(valid))[0].to(model.device)
     s1 = model.full_sort_predict(inter)
@@ -197,8 +199,8 @@ def test_full_sort_uses_one_cached_item_table_and_masks_history(make_data):
     assert model._item_table is table and torch.equal(s1, s2)
     user = model.user_vector(inter)
     brute = user @ model.item_tower(torch.arange(model.n_items)).t()
-    seq = inter["item_id_list"]
-    hist = torch.zeros_like(brute, dtype=torch.bool).scatter(1, seq, True)
+    hist = torch.zeros_like(brute, dtype=torch.bool)
+    hist[:, 0] = True  # the padding item only: the model itself masks nothing else
     assert torch.isinf(s1[hist]).all() and (s1[hist] < 0).all()
     assert torch.allclose(s1[~hist], brute[~hist], atol=1e-5)
     model.train()

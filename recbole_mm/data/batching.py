@@ -22,6 +22,17 @@ random batches but still trims them. A model for which trimming is not exact set
 attribute ``trim_exact = False`` (with the reason in its docs page); its batches keep their full
 width. Everything here works on the batch :class:`~recbole.data.interaction.Interaction` before
 RecBole's transforms (BERT4Rec's masking) run, so those see the trimmed rows.
+
+**History masking** (``mask_history_items: true``, a protocol key): every sequential model ranks
+only items outside the row's input sequence. The evaluation loaders give RecBole's trainer a
+``history_index`` (``(row ids, item ids)`` of each row's non-padding ``item_id_list`` items,
+:func:`history_index`, read before any transform) and the trainer scores those ``-inf``, as RecBole
+does for general models (``scores[history_index] = -inf``); chunked evaluation honours the same
+index (:mod:`recbole_mm.trainer.chunked_eval`). With trimming that is
+:class:`TrimmedFullSortEvalDataLoader`; without it (``trim_padding: false``, ``trim_exact =
+False``, saved dataloaders) :class:`HistoryMaskedFullSortEvalDataLoader`. With the key false (the
+default) nothing changes: no index, RecBole's or the trimmed loader as before. The key true for a
+non-sequential model or a sampled (non-full) evaluation raises :class:`BatchError`.
 """
 from __future__ import annotations
 
@@ -44,6 +55,28 @@ def trimming_enabled(config) -> bool:
     from recbole_mm import registry
 
     return getattr(registry.get_model(config["model"]), "trim_exact", True) is not False
+
+
+def mask_history_enabled(config) -> bool:
+    """Whether ``mask_history_items`` is true in ``config`` (absent or ``~``: false)."""
+    try:
+        value = config["mask_history_items"]
+    except KeyError:
+        return False
+    if value is None or value is False:
+        return False
+    if value is True or isinstance(value, np.bool_):
+        return bool(value)
+    raise BatchError(f"mask_history_items must be true or false, got {value!r} "
+                     f"(model {config['model']}).")
+
+
+def history_index(item_seq: torch.Tensor):
+    """RecBole's ``history_index`` for a batch of item sequences ``[B, L]`` (0 = padding):
+    ``(row ids, item ids)`` of every non-padding entry, the pairs ``Trainer._full_sort_batch_eval``
+    scores ``-inf`` (``scores[history_index] = -inf``). A repeated item gives a repeated pair."""
+    rows, cols = torch.nonzero(item_seq > 0, as_tuple=True)
+    return rows, item_seq[rows, cols]
 
 
 def padded_width(dataset) -> int:
@@ -228,9 +261,32 @@ class TrimmedFullSortEvalDataLoader(_TrimmedLoader, FullSortEvalDataLoader):
     def collate_fn(self, index):
         index = np.asarray(index)
         interaction = self._trim(self._dataset[index])
+        history = (history_index(interaction[self._dataset.item_id_list_field])
+                   if mask_history_enabled(self.config) else None)
         interaction = self.transform(self._dataset, interaction)
         positive_u = torch.arange(len(interaction))
-        return interaction, None, positive_u, interaction[self.iid_field]
+        return interaction, history, positive_u, interaction[self.iid_field]
+
+
+class HistoryMaskedFullSortEvalDataLoader(FullSortEvalDataLoader):
+    """RecBole's ``FullSortEvalDataLoader`` (sequential models, full width, RecBole's row order)
+    whose batches carry the :func:`history_index` of their input sequences: the loader
+    :func:`data_preparation` uses in place of RecBole's when ``mask_history_items`` is true and
+    batches are not trimmed."""
+
+    def __init__(self, config, dataset, sampler, shuffle=False):
+        super().__init__(config, dataset, sampler, shuffle=shuffle)
+        if not self.is_sequential:
+            raise BatchError(f"mask_history_items: sequential models only (model "
+                             f"{config['model']}).")
+
+    def collate_fn(self, index):
+        index = np.array(index)
+        interaction = self._dataset[index]
+        history = history_index(interaction[self._dataset.item_id_list_field])
+        interaction = self.transform(self._dataset, interaction)
+        positive_u = torch.arange(len(interaction))
+        return interaction, history, positive_u, interaction[self.iid_field]
 
 
 def window_rows(train_dataset, width: int) -> np.ndarray:
@@ -276,21 +332,57 @@ def _keep_all_position_rows(config, train_dataset) -> None:
                      f"(one per user and history window); loss at every position")
 
 
+def _check_mask_history(config, loaders) -> None:
+    """``mask_history_items: true`` must reach every evaluation batch: refuse what cannot."""
+    for phase, loader in zip(("valid", "test"), loaders[1:]):
+        if not isinstance(loader, (TrimmedFullSortEvalDataLoader,
+                                   HistoryMaskedFullSortEvalDataLoader)):
+            raise BatchError(
+                f"mask_history_items: true needs full-ranking evaluation (eval_args mode: full), "
+                f"but the {phase} data of model {config['model']} is evaluated by "
+                f"{type(loader).__name__} (eval_args: {config['eval_args']}); set "
+                f"mask_history_items: false or evaluate by full ranking.")
+
+
+def _with_history_mask(config, loaders):
+    """RecBole's loaders with its full-ranking evaluation loaders replaced by
+    :class:`HistoryMaskedFullSortEvalDataLoader` over the same data (saved dataloaders)."""
+    out = list(loaders)
+    for i in (1, 2):
+        if type(out[i]) is FullSortEvalDataLoader:
+            out[i] = HistoryMaskedFullSortEvalDataLoader(config, out[i]._dataset, out[i]._sampler,
+                                                         shuffle=False)
+    _check_mask_history(config, out)
+    return tuple(out)
+
+
 def data_preparation(config, dataset):
     """RecBole's ``data_preparation`` with the plugin's trimmed loaders for sequential models (see
-    the module docstring) and ``train_all_positions``' row selection. ``trim_padding: false`` (or
-    a model with ``trim_exact = False``) keeps RecBole's loader classes; saved dataloaders
-    (``save_dataloaders`` / ``dataloaders_save_path``) take RecBole's function unchanged."""
+    the module docstring), ``train_all_positions``' row selection and ``mask_history_items``.
+    ``trim_padding: false`` (or a model with ``trim_exact = False``) keeps RecBole's loader
+    classes; saved dataloaders (``save_dataloaders`` / ``dataloaders_save_path``) take RecBole's
+    function unchanged. With ``mask_history_items: true`` the full-ranking evaluation loaders
+    are the trimmed ones or :class:`HistoryMaskedFullSortEvalDataLoader` (saved dataloaders too);
+    a non-sequential model or a sampled evaluation is refused."""
     from recbole.data import data_preparation as rb_data_preparation
     from recbole.data.utils import create_samplers, get_dataloader, load_split_dataloaders
 
+    mask = mask_history_enabled(config)
+    if mask and config["MODEL_TYPE"] != ModelType.SEQUENTIAL:
+        kind = config["MODEL_TYPE"].name.lower()
+        raise BatchError(
+            f"mask_history_items: true applies to sequential models (it masks the items of each "
+            f"row's input sequence), but {config['model']} is a {kind} "
+            f"model (RecBole's full ranking of general models always excludes the user's "
+            f"training items). Set mask_history_items: false for {config['model']}.")
     if config["MODEL_TYPE"] != ModelType.SEQUENTIAL or config["save_dataloaders"] \
             or load_split_dataloaders(config):
         if config["train_all_positions"]:
             raise ValueError(f"train_all_positions: true needs a sequential model and no saved "
                              f"dataloaders (model {config['model']}, save_dataloaders / "
                              f"dataloaders_save_path).")
-        return rb_data_preparation(config, dataset)
+        loaders = rb_data_preparation(config, dataset)
+        return _with_history_mask(config, loaders) if mask else loaders
     trim = trimming_enabled(config)
     if config["MODEL_TYPE"] == ModelType.SEQUENTIAL and config["trim_padding"] is not False and not trim:
         getLogger().info(f"{config['model']} declares trim_exact = False: its batches keep "
@@ -304,15 +396,23 @@ def data_preparation(config, dataset):
         cls = get_dataloader(config, phase)
         if trim:
             cls = TRIMMED.get(cls, cls)
+        elif mask:
+            cls = HISTORY_MASKED.get(cls, cls)
         shuffle = config["shuffle"] if phase == "train" else False
         loaders.append(cls(config, ds, sampler, shuffle=shuffle))
     getLogger().info(
         f"[Batching]: {type(loaders[0]).__name__} / {type(loaders[1]).__name__}"
         + (f"; histories cut to each batch's longest (trim_padding), training rows bucketed by "
-           f"length: {config['bucket_by_length'] is not False}" if trim else ""))
+           f"length: {config['bucket_by_length'] is not False}" if trim else "")
+        + ("; input-sequence items masked at ranking (mask_history_items)" if mask else ""))
+    if mask:
+        _check_mask_history(config, loaders)
     return tuple(loaders)
 
 
 #: RecBole loader -> the plugin's trimmed counterpart.
 TRIMMED = {TrainDataLoader: BucketedTrainDataLoader,
            FullSortEvalDataLoader: TrimmedFullSortEvalDataLoader}
+
+#: RecBole loader -> its counterpart with history masking (untrimmed, ``mask_history_items``).
+HISTORY_MASKED = {FullSortEvalDataLoader: HistoryMaskedFullSortEvalDataLoader}

@@ -40,7 +40,6 @@ class MMSR(SequentialRecommender):
         if (config["loss_type"] or "BCE_dense") != "BCE_dense":
             raise ValueError(f"MMSR trains with loss_type BCE_dense (the paper's loss), got "
                              f"'{config['loss_type']}'.")
-        self.mask_history = bool(config["mask_history_items"])
         self.neg_max_tries = int(config["neg_max_tries"] or 100)
         self.encode_chunk = int(config["item_encode_batch_size"] or 512)
         self.item_tower = ItemTower(config, dataset, self.hidden_size)
@@ -136,16 +135,15 @@ class MMSR(SequentialRecommender):
         return (user * items).sum(-1)
 
     def full_sort_predict(self, interaction):
-        users, table, _, excluded = self.full_sort_parts(interaction)
+        """Scores of every item. The paper's history masking (``mask_history_items: true``) is
+        the evaluation loaders' ``history_index`` (recbole_mm.data.batching), as for every
+        sequential model."""
+        users, table = self.full_sort_parts(interaction)
         scores = users @ table.t()
-        if excluded is not None:  # the paper ranks only items outside the input sequence
-            scores = scores.scatter(1, excluded, float("-inf"))
         scores[:, 0] = float("-inf")  # padding is never recommended (RecBole's evaluation agrees)
         return scores
 
     def full_sort_parts(self, interaction):
-        """``full_sort_predict`` as ``(users, item table, bias, items scored -inf per row)``
-        (recbole_mm.trainer.chunked_eval)."""
+        """``full_sort_predict`` as ``(users, item table)`` (recbole_mm.trainer.chunked_eval)."""
         table = self.item_table()
-        excluded = interaction[self.ITEM_SEQ] if self.mask_history else None
-        return self.user_vector(interaction, table), table, None, excluded
+        return self.user_vector(interaction, table), table

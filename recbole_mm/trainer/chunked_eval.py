@@ -12,7 +12,7 @@ models the plugin computes exactly those per batch, without ever holding ``[B, n
 * **item chunks** (models that score by an inner product with an item table): the model gives
   ``full_sort_parts(interaction) -> (user_vectors [B, d], item_table [n_items, d])`` (optionally
   ``(users, table, bias [n_items] or None, excluded [B, L] item ids or None)``: a per-item bias
-  added to every row, and per-row items scored ``-inf``, e.g. MMSR's history masking). The
+  added to every row, and per-row items a model itself scores ``-inf``). The
   scores ``users @ table[c0:c1].T (+ bias[c0:c1])`` of ``eval_item_chunk`` items at a time are
   reduced to their top-k, merged into a running top-k, and dropped. RecBole's SASRec, GRU4Rec,
   BERT4Rec, FDSA and SASRecF get their parts from :data:`ADAPTERS` (keyed by exact class, built on
@@ -23,11 +23,15 @@ models the plugin computes exactly those per batch, without ever holding ``[B, n
   ``_full_sort_batch_eval`` (the model's ``full_sort_predict``, padding column ``-inf``) and
   reduced to its top-k.
 
-Either way the padding item 0 gets ``-inf`` as in RecBole, and :class:`TopKCollector` writes the
-same ``rec.topk`` (``[B, k]`` 0/1 hits + number of positives) and ``rec.items`` tensors as
-RecBole's ``Collector.eval_batch_collect``, so RecBole's evaluator, early stopping and logging are
-unchanged. Metrics that need anything else (``rec.score``, ``rec.meanrank``: AUC, GAUC, LogLoss,
-MAE, RMSE, ...) and non-sequential models take RecBole's own path for the whole evaluation.
+Either way the padding item 0 gets ``-inf`` as in RecBole, so do the pairs of the batch's
+``history_index`` (``(row ids, item ids)``; with ``mask_history_items: true`` the loaders give
+each row's input-sequence items, :func:`recbole_mm.data.batching.history_index`): per item chunk
+the pairs inside it, per row chunk the pairs of its rows through RecBole's own masking.
+:class:`TopKCollector` writes the same ``rec.topk`` (``[B, k]`` 0/1 hits + number of positives)
+and ``rec.items`` tensors as RecBole's ``Collector.eval_batch_collect``, so RecBole's evaluator,
+early stopping and logging are unchanged. Metrics that need anything else (``rec.score``,
+``rec.meanrank``: AUC, GAUC, LogLoss, MAE, RMSE, ...) and non-sequential models take RecBole's
+own path for the whole evaluation.
 
 **Ties.** The top-k is ordered by score, descending, and equal scores by item id, ascending (a
 lower id ranks first). ``torch.topk`` leaves the order of equal scores unspecified. The two give
@@ -202,26 +206,44 @@ def full_sort_parts(model, interaction) -> Optional[FullSortParts]:
     return None if adapter is None else adapter(model, interaction)
 
 
-def _mask_block(scores: torch.Tensor, excluded: Optional[torch.Tensor], c0: int) -> None:
+def _mask_block(scores: torch.Tensor, excluded: Optional[torch.Tensor], c0: int,
+                history=None) -> None:
     """``-inf`` in the block of columns ``c0 .. c0 + width`` of a batch's scores: the padding
-    item and each row's ``excluded`` items."""
+    item, each row's ``excluded`` items (``[B, L]``, 0 ignored) and the ``history`` pairs
+    (``(row ids, item ids)``, RecBole's ``history_index``)."""
     if c0 == 0:
         scores[:, 0] = float("-inf")
+    c1 = c0 + scores.shape[1]
     if excluded is not None:
         rows = torch.arange(excluded.shape[0], device=excluded.device).unsqueeze(1).expand_as(excluded)
-        inside = (excluded >= c0) & (excluded < c0 + scores.shape[1])
+        inside = (excluded >= c0) & (excluded < c1)
         scores[rows[inside], excluded[inside] - c0] = float("-inf")
+    if history is not None:
+        rows, items = history
+        inside = (items >= c0) & (items < c1)
+        scores[rows[inside], items[inside] - c0] = float("-inf")
 
 
-def topk_by_item_chunks(parts: FullSortParts, k: int, n_items: int, chunk: int) -> torch.Tensor:
-    """``[B, k]`` top item ids of ``users @ items.T (+ bias)``, ``chunk`` items at a time."""
+def _history_rows(history, r0: int, r1: int):
+    """The pairs of ``history`` (``(row ids, item ids)``) in rows ``r0 .. r1``, rows from 0."""
+    if history is None:
+        return None
+    rows, items = history
+    inside = (rows >= r0) & (rows < r1)
+    return rows[inside] - r0, items[inside]
+
+
+def topk_by_item_chunks(parts: FullSortParts, k: int, n_items: int, chunk: int,
+                        history=None) -> torch.Tensor:
+    """``[B, k]`` top item ids of ``users @ items.T (+ bias)``, ``chunk`` items at a time; the
+    padding item, ``parts.excluded`` and the ``history`` pairs are scored ``-inf``."""
     best = None
     for c0 in range(0, n_items, chunk):
         c1 = min(n_items, c0 + chunk)
         scores = torch.matmul(parts.users, parts.items[c0:c1].transpose(0, 1))
         if parts.bias is not None:
             scores += parts.bias[c0:c1]  # the same elementwise sum as full_sort_predict's
-        _mask_block(scores, parts.excluded, c0)
+        _mask_block(scores, parts.excluded, c0, history)
         values, ids = chunk_topk(scores, k)
         best = merge_topk(best, (values, ids + c0), k)
         del scores
@@ -299,11 +321,13 @@ class ChunkedEvalMixin:
 
     def _full_sort_batch_eval(self, batched_data):
         interaction, history_index, positive_u, positive_i = batched_data
-        if not self._chunked_active or history_index is not None:
+        if not self._chunked_active:
             return super()._full_sort_batch_eval(batched_data)
         k = max(self.config["topk"])
         n_items = int(self.tot_item_num)
         interaction = interaction.to(self.device)
+        history = None if history_index is None else \
+            tuple(torch.as_tensor(t).to(self.device) for t in history_index)
         parts = None
         if type(self)._recbole_batch_eval:  # a trainer scoring batches its own way: row chunks
             parts = full_sort_parts(self.model, interaction)
@@ -315,7 +339,7 @@ class ChunkedEvalMixin:
                     f"{n_items} items.")
             self._log_once(f"[chunked_eval] {type(self.model).__name__}: top-{k} of {n_items} items "
                            f"in chunks of {self.eval_item_chunk} items (item-table product)")
-            ids = topk_by_item_chunks(parts, k, n_items, self.eval_item_chunk)
+            ids = topk_by_item_chunks(parts, k, n_items, self.eval_item_chunk, history)
         else:
             rows = max(1, self.eval_score_budget // n_items)
             self._log_once(f"[chunked_eval] {type(self.model).__name__}: top-{k} of {n_items} items "
@@ -323,7 +347,8 @@ class ChunkedEvalMixin:
             ids = []
             for r0 in range(0, len(interaction), rows):
                 part = interaction[r0:r0 + rows]
-                _, scores, _, _ = super()._full_sort_batch_eval((part, None, None, None))
+                part_history = _history_rows(history, r0, r0 + rows)
+                _, scores, _, _ = super()._full_sort_batch_eval((part, part_history, None, None))
                 ids.append(chunk_topk(scores, k)[1])
                 del scores
             ids = torch.cat(ids, dim=0)
