@@ -23,7 +23,7 @@ import sys
 
 import numpy as np
 
-from recbole_mm.alignment.export import export_dataset_features
+from recbole_mm.alignment.export import REPORT_NAME, export_dataset_features
 from recbole_mm.alignment.judge import make_judge
 from recbole_mm.alignment.pairs import pairs_from_dataset
 
@@ -107,8 +107,9 @@ def align(args: dict) -> dict:
     names = {m: n if n.endswith(".npy") else n + ".npy" for m, n in names.items()}
     paths = export_dataset_features(dataset, feats, args["out_dir"], names)
     report = {"pairs": len(pairs), "sft_target": sft_target, "judge": kind, "sft_mode": mode,
-              "loss_history": history, "files": paths}
-    with open(os.path.join(args["out_dir"], "alignment_report.json"), "w") as f:
+              "loss_history": history, "files": paths,
+              "file_names": {m: os.path.basename(p) for m, p in paths.items()}}
+    with open(os.path.join(args["out_dir"], REPORT_NAME), "w") as f:
         json.dump(report, f, indent=1)
     return report
 

@@ -41,7 +41,7 @@ from recbole_mm.benchmark.papers import compare_with_papers, noise_paper_drops, 
 from recbole_mm.benchmark.plots import make_plots
 from recbole_mm.benchmark.probe import (EFFECTIVE_KEYS, Probe, best_epoch_from_curve,
                                         effective_config, stage_epochs)
-from recbole_mm.benchmark.report import (GROUP_TITLES, METRIC_ORDER, comparison_groups,
+from recbole_mm.benchmark.report import (GROUP_TITLES, METRIC_ORDER, comparison_groups, display_label,
                                          markdown_report, mean_std, metric_names,
                                          row_configurations, seed_matched_clean, summarize,
                                          write_csvs, write_report)

@@ -92,6 +92,9 @@ class Probe:
             "valid_metric": str(config["valid_metric"]).lower(),
             "valid_metric_bigger": bool(config["valid_metric_bigger"]),
             "eval_step": int(config["eval_step"]),
+            # what the model says about its setting, e.g. SICSRec on features not SFT-aligned:
+            # 'w/o SFT' (the report shows it beside the row's label)
+            "setting_note": getattr(model, "setting_note", None),
         }
         if self._prior is not None:  # a resumed run: the earlier attempt's epochs before it
             self.resumed_from = start = int(getattr(trainer, "start_epoch", 0) or 0)

@@ -7,6 +7,12 @@ No table mixes metric columns: per dataset, :func:`comparison_groups` splits the
 compared table, rows under a paper protocol and rows with other metrics. Cells recorded by older
 versions of the harness lack some fields (per-user values, what a failed cell reached); they are
 reported with what they have.
+
+A row whose every finished seed carries the same ``setting_note`` (recorded by the model, e.g.
+SICSRec on features that did not go through the SFT alignment: ``'w/o SFT'``) is shown as
+``<label> (<note>)`` in summary.md unless its label already says so (:func:`display_label`);
+the label itself (grouping, cell ids, significance references) and the CSVs' ``label`` column
+stay as they are, the CSVs carry the note in a ``setting_note`` column.
 """
 from __future__ import annotations
 
@@ -66,6 +72,27 @@ def _latest_per_seed(records) -> list:
     return [r for r in records if latest.get(r.get("seed")) is r]
 
 
+def _setting_note(records) -> str:
+    """The note every one of ``records`` carries ('' when any lacks it or they differ)."""
+    notes = {r.get("setting_note") or "" for r in records}
+    return notes.pop() if len(notes) == 1 else ""
+
+
+def display_label(label, note) -> str:
+    """``label`` as the report shows it: ``'SICSRec (w/o SFT)'`` for a row noted ``w/o SFT``;
+    unchanged without a note or when the label already says it (``'SICSRec (ID+T, SFT)'``,
+    ``'SICSRec w/o SFT'``: a label naming SFT in any case is left alone for an SFT note)."""
+    label = str(label)
+    if not note:
+        return label
+    said = "sft" if "sft" in note.lower() else note.lower()
+    return label if said in label.lower() else f"{label} ({note})"
+
+
+def _shown(row) -> str:
+    return display_label(row["label"], row.get("setting_note"))
+
+
 def _group_key(r) -> tuple:
     """What a cell measures, seeds aside: (dataset, label, noise modality, noise level)."""
     return r["dataset"], r["label"], (r.get("noise") or [None])[0], _noise_level(r)
@@ -81,6 +108,7 @@ def summarize(records) -> list[dict]:
     for (dataset, label, noise_mod, noise_lvl), recs in groups.items():
         ok = _latest_per_seed([r for r in recs if r.get("status") == CELL_STATUS_DONE])
         row = {"dataset": dataset, "label": label, "model": recs[0]["model"],
+               "setting_note": _setting_note(ok),
                "noise_modality": noise_mod or "", "noise": noise_lvl,
                "n_ok": len(ok), "n_cells": len(recs),
                "seeds": " ".join(str(r["seed"]) for r in ok),
@@ -121,7 +149,8 @@ def _stage_runs(records) -> str:
     return " + ".join(_fmt_num(mean_std([st[n]["run"] for st in stages])[0]) for n in names)
 
 
-CELL_COLUMNS = ["cell_id", "dataset", "label", "model", "seed", "noise", "status", "reason",
+CELL_COLUMNS = ["cell_id", "dataset", "label", "setting_note", "model", "seed", "noise", "status",
+                "reason",
                 "protocol", "best_epoch", "epochs_run", "epochs_per_stage", "epoch_time_s", "eval_time_s", "test_eval_s",
                 "train_total_s", "wall_s", "peak_mem_mb", "peak_mem_source", "params",
                 "trainable_params", "device", "commit", "torch", "recbole", "finished"]
@@ -129,7 +158,7 @@ CELL_COLUMNS = ["cell_id", "dataset", "label", "model", "seed", "noise", "status
 
 def write_csvs(records, rows, out_dir):
     metrics = metric_names(records)
-    cols = CELL_COLUMNS[:8] + metrics + CELL_COLUMNS[8:]
+    cols = CELL_COLUMNS[:9] + metrics + CELL_COLUMNS[9:]
     lines = []
     for r in records:
         d = {c: r.get(c) for c in CELL_COLUMNS}
@@ -235,7 +264,7 @@ def row_configurations(rows) -> list[str]:
         protocol = cfg.pop("protocol", None) or "-"
         evaluation = {k: cfg.pop(k) for k in PROTOCOL_KEYS if k in cfg}
         budget = r.get("stage_budgets") or ""
-        out.append(f"| {r['dataset']} | {r['label']} | {protocol} | {_kv(evaluation) or '-'} | "
+        out.append(f"| {r['dataset']} | {_shown(r)} | {protocol} | {_kv(evaluation) or '-'} | "
                    f"{_kv(cfg)}{'' if recorded else ' (overrides only)'} | {budget or '-'} |")
     if not out:
         return []
@@ -281,7 +310,7 @@ def markdown_report(records, rows, meta, significance=None) -> str:
             tests = significance.get(ds) if kind == "compared" else None
             marks = {(t["label"], t["metric"]): t["mark"] for t in (tests or {}).get("results", [])}
             for r in clean:
-                vals = [r["label"]] + [_fmt(r.get(m), r.get(m + "_std")) +
+                vals = [_shown(r)] + [_fmt(r.get(m), r.get(m + "_std")) +
                                        (" " + marks[r["label"], m] if marks.get((r["label"], m)) else "")
                                        for m in cols]
                 epochs = _fmt_num(r["epochs_run"])
@@ -305,7 +334,8 @@ def markdown_report(records, rows, meta, significance=None) -> str:
                       "s/epoch = mean training-epoch time; eval s = mean full-ranking validation "
                       f"pass; peak MB = {clean[0]['peak_mem_source']}.{load_note}", ""]
             if tests:
-                lines += significance_markdown(tests)
+                shown = {r["label"]: _shown(r) for r in clean}
+                lines += significance_markdown(tests, display=lambda lab: shown.get(lab, lab))
         noisy = [r for r in drows if r["n_ok"] and r["noise_modality"]]
         if noisy:
             nlabels = {r["label"] for r in noisy}
@@ -323,12 +353,14 @@ def markdown_report(records, rows, meta, significance=None) -> str:
                 base = seed_matched_clean(records, r, m0) if m0 else None
                 if base and r.get(m0) is not None:
                     rel = f"{(r[m0] / base - 1) * 100:+.1f}%"
-                lines.append(f"| {r['label']} | {r['noise']:g} | " +
+                lines.append(f"| {_shown(r)} | {r['noise']:g} | " +
                              " | ".join(_fmt(r.get(m), r.get(m + "_std")) for m in nmetrics) +
                              f" | {rel} |")
             lines += ["", "vs clean = change of the first metric against the clean runs of the "
                       "same seeds (the clean row itself shows every clean seed).", ""]
     comp = compare_with_papers(rows, metrics)
+    clean_rows = {(r["dataset"], r["label"]): r for r in rows if not r["noise"]}
+    shown = {k: _shown(r) for k, r in clean_rows.items()}
     lines += ["## Beside the papers' numbers", ""]
     if comp:
         lines += ["ratio = ours / paper. Hit@K and Recall@K are the same number with one target "
@@ -342,9 +374,12 @@ def markdown_report(records, rows, meta, significance=None) -> str:
         for c in comp:
             src = f"{c['paper']} {c['table']} ({c['paper_dataset']}, {c['paper_model']})"
             setting = c["setting"] or "-"
-            if c.get("match") == "model only":
+            noted = (clean_rows.get((c["dataset"], c["label"])) or {}).get("setting_note")
+            if c.get("match") == "model only" or (c.get("match") == "model" and noted):
+                # a noted row (e.g. w/o SFT) beside the paper's main number: settings differ
                 setting += " (model only: this row's setting differs)"
-            lines.append(f"| {c['dataset']} | {c['label']} | {c['metric']} | "
+            lines.append(f"| {c['dataset']} | {shown.get((c['dataset'], c['label']), c['label'])} | "
+                         f"{c['metric']} | "
                          f"{_fmt(c['ours'], c['ours_std'])} | {c['paper_value']:.4f} | "
                          f"{c['ratio']:.3f} | {src} | {setting} |")
     else:

@@ -157,8 +157,10 @@ def compare(out_dir, records, dataset, rows, metrics, reference=DEFAULT_REFERENC
     return out
 
 
-def markdown(comparison: dict) -> list[str]:
-    """The report's lines under a compared table: the legend and one line of p-values per row."""
+def markdown(comparison: dict, display=None) -> list[str]:
+    """The report's lines under a compared table: the legend and one line of p-values per row
+    (``display(label)``: the text shown for a row, default its label)."""
+    display = display or (lambda label: label)
     notes = [f"Significance: {note}." for note in comparison["notes"]]
     res = comparison["results"]
     if not res:
@@ -178,7 +180,7 @@ def markdown(comparison: dict) -> list[str]:
             r = got.get(m)
             cells.append("-" if r is None or r["p"] is None else
                          f"{r['diff']:+.4f} (p={_p(r['p'])}){' ' + r['mark'] if r['mark'] else ''}")
-        lines.append(f"| {label} | {first['seeds']} | {first['users']:,} | " + " | ".join(cells) + " |")
+        lines.append(f"| {display(label)} | {first['seeds']} | {first['users']:,} | " + " | ".join(cells) + " |")
     return lines + ([""] + notes if notes else []) + [""]
 
 

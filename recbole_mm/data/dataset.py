@@ -56,6 +56,7 @@ class MMSequentialDataset(SequentialDataset):
         self.modality_features: dict[str, torch.Tensor] = {}
         self.modality_present: dict[str, torch.Tensor] = {}
         self.missing_modalities: dict[str, tuple] = {}  # optional modalities whose file is absent
+        self.modality_files: dict[str, str] = {}  # the file each loaded modality was read from
         super().__init__(config)
 
     # ------------------------------------------------------------------ file loading
@@ -376,6 +377,7 @@ class MMSequentialDataset(SequentialDataset):
             )
             self.modality_features[name] = torch.from_numpy(feat.matrix)
             self.modality_present[name] = torch.from_numpy(feat.present)
+            self.modality_files[name] = os.path.abspath(path)
             self.logger.info(
                 f"modality [{name}]: {feat.dim}-d from {path}, coverage {feat.coverage:.1%}"
             )

@@ -21,6 +21,10 @@ The recommender part (§3-§4) lives here; the content semantic alignment that p
   (``predict_item_norm: true`` ranks by cosine); step 1 (plain SASRec) ``h_e · E_idᵀ``.
 * Losses (§4.2): ``L_CE + α L_ConCL + λ (||E_id||_F + ||E_text||_F + ||E_ima||_F)``.
 
+``sft_aligned`` / ``setting_note``: whether the content feature files came out of the SFT
+alignment step (:func:`recbole_mm.alignment.export.feature_alignment`); raw features are the
+paper's "w/o SFT" setting, which the benchmark records and shows beside the row's label.
+
 Two-step training (§4): :class:`recbole_mm.trainer.sicsrec.SICSRecTrainer` runs step 1
 (``pretrain_branch``: the ID branch = SASRec with CE, or the content branch, Table 9) and then
 step 2 (``freeze`` groups frozen, LoRA on a frozen ID encoder, everything else trained). The
@@ -213,6 +217,7 @@ class SICSRec(SequentialRecommender):
             setattr(self, f"{m}_embedding", table)
             in_dim = feat.shape[1]
             setattr(self, f"{m}_adapter", ModalityAdapter(in_dim, d, "mlp", hidden=max(in_dim // 2, 1)))
+        self._check_sft_alignment(dataset, [names[m] for m in self.content_modalities])
         # ---- content encoder(s)
         self.content_streams = (["content"] if self.content_fusion == "l2_sum"
                                 else list(self.content_modalities))
@@ -258,6 +263,30 @@ class SICSRec(SequentialRecommender):
         self.set_step(2)
 
     # ------------------------------------------------------------------ construction helpers
+    def _check_sft_alignment(self, dataset, modalities):
+        """``sft_aligned`` (None without content input) and ``setting_note`` (``'w/o SFT'`` when
+        no content feature file came out of :mod:`recbole_mm.alignment`, ``'w/o SFT on <m>'``
+        when only some did, else None), with one INFO line naming the files."""
+        self.sft_aligned, self.setting_note = None, None
+        if not modalities:
+            return
+        from recbole_mm.alignment.export import feature_alignment
+
+        found = {m: feature_alignment(dataset, m) for m in modalities}
+        missing = [m for m, f in found.items() if not f.aligned]
+        self.sft_aligned = not missing
+        files = "; ".join(f"{m} features {f.file or '(no file)'} "
+                          f"{'are' if f.aligned else 'are not'} SFT-aligned ({f.reason})"
+                          for m, f in found.items())
+        if not missing:
+            self.logger.info(f"SICSRec: {files}")
+            return
+        self.setting_note = ("w/o SFT" if len(missing) == len(found)
+                             else f"w/o SFT on {', '.join(missing)}")
+        self.logger.info(f"SICSRec: {files}: this is the paper's '{self.setting_note}' setting "
+                         "(align them with python -m recbole_mm.alignment and train with "
+                         "--feature_dir=<its out_dir>)")
+
     def _encoder(self):
         return TransformerEncoder(
             n_layers=self.n_layers, n_heads=self.n_heads, hidden_size=self.hidden_size,
