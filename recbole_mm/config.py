@@ -198,6 +198,23 @@ def find_mmrec_folder(mmrec_dir: str | None, user_root: str | None) -> str | Non
     return None
 
 
+def check_valid_metric(cfg: dict) -> None:
+    """``valid_metric`` must be one of the computed metrics at one of the computed cut-offs;
+    RecBole would fail only after the first training epoch, with a bare ``KeyError``."""
+    vm, metrics, topk = cfg.get("valid_metric"), cfg.get("metrics"), cfg.get("topk")
+    if not vm or not metrics:
+        return
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+    base, _, k = str(vm).partition("@")
+    if base.lower() not in {str(m).lower() for m in metrics}:
+        raise ConfigError(f"valid_metric: {vm} is not computed: metrics are {metrics} (add "
+                          f"{base} to metrics or pick one of them, e.g. {metrics[0]}@<k>; "
+                          f"Hit@k and Recall@k are equal with one target per user).")
+    cutoffs = [topk] if isinstance(topk, int) else list(topk or [])
+    if k and cutoffs and k.isdigit() and int(k) not in cutoffs:
+        raise ConfigError(f"valid_metric: {vm} uses cut-off {k}, but topk is {cutoffs}.")
+
+
 class MMConfig(Config):
     """RecBole ``Config`` for plugin and built-in models on plugin datasets."""
 
@@ -263,6 +280,7 @@ class MMConfig(Config):
                 f"Known datasets: {', '.join(registry.known_datasets())}."
             )
         self.final_config_dict["data_path"] = folder
+        check_valid_metric(self.final_config_dict)
 
     def _init_device(self):
         """RecBole's device set-up, plus distributed data parallel on the CPU (gloo) when no GPU

@@ -55,6 +55,15 @@ def test_protocol_errors_name_the_key_and_the_file(tiny_root, tmp_path, monkeypa
         MMConfig("SASRec", "mm_sample", config_dict={"data_path": tiny_root, "protocol": "paper"})
     with pytest.raises(ConfigError, match="protocol: expected one of plugin, paper, got 'own'"):
         MMConfig("MMSR", "mm_sample", config_dict={"data_path": tiny_root, "protocol": "own"})
+    # a validation metric that is not computed fails at once, naming the key (not a KeyError
+    # after the first epoch); Recall@10 is the Hit@10 of one target per user
+    with pytest.raises(ConfigError, match=r"valid_metric: Hit@10 is not computed: metrics are "
+                                          r"\['Recall', 'NDCG'\]"):
+        MMConfig("SASRec", "mm_sample", config_dict={"data_path": tiny_root, "valid_metric": "Hit@10"})
+    with pytest.raises(ConfigError, match=r"valid_metric: NDCG@20 uses cut-off 20, but topk is \[10, 50\]"):
+        MMConfig("SASRec", "mm_sample", config_dict={"data_path": tiny_root, "valid_metric": "NDCG@20"})
+    assert MMConfig("SASRec", "mm_sample", config_dict={
+        "data_path": tiny_root, "valid_metric": "Recall@10"})["valid_metric"] == "Recall@10"
     props = tmp_path / "properties"
     (props / "model").mkdir(parents=True)
     (props / "dataset").mkdir()
@@ -170,7 +179,8 @@ def test_benchmark_epochs_is_the_total_for_multi_stage_models(tiny_root, tmp_pat
                                                "step 2": {"budget": 1, "run": 1}}
     assert recs["MISSRec"]["stage_epochs"] == {"train": {"budget": 2, "run": 2}}
     main = _table(md, "## mm_sample")
-    assert main["DeCoRec"]["epochs"] == "2 (1 + 1)" and main["SICSRec"]["epochs"] == "2 (1 + 1)"
+    # mm_sample's raw features: SICSRec's row is shown as its paper's "w/o SFT" setting
+    assert main["DeCoRec"]["epochs"] == "2 (1 + 1)" and main["SICSRec (w/o SFT)"]["epochs"] == "2 (1 + 1)"
     assert main["MISSRec"]["epochs"] == "2"
     assert "| phase 1 <= 1, phase 2 <= 1 |" in md and "| step 1 <= 1, step 2 <= 1 |" in md
 
