@@ -175,7 +175,7 @@ def test_auto_chunks_only_above_the_budget(make_config):
 
 def test_metrics_beyond_topk_take_recboles_path(make_config):
     config, model, train, test = _build(make_config, "SASRec", chunked_eval=True,
-                                        metrics=["Recall", "GAUC"])
+                                        metrics=["Recall", "GAUC"], valid_metric="Recall@10")
     trainer = registry.get_trainer(type(model), config)(config, model)
     assert not trainer._use_chunked(test)
     reference = Trainer(config, model).evaluate(test, load_best_model=False)

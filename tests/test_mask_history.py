@@ -17,7 +17,7 @@ from recbole_mm.trainer import chunked_eval as ce
 TINY = {"hidden_dropout_prob": 0.0, "attn_dropout_prob": 0.0, "dropout_prob": 0.0,
         "item_dropout": 0.0, "hidden_size": 16, "inner_size": 32, "n_layers": 1, "n_heads": 2,
         "train_batch_size": 64, "eval_batch_size": 64, "metrics": ["Recall", "NDCG", "Hit", "MRR"],
-        "topk": [5, 20], "chunked_eval": False}
+        "topk": [5, 20], "valid_metric": "NDCG@5", "chunked_eval": False}
 
 #: model -> overrides that keep it tiny on mm_sample (SICSRec: item-chunk path, DeCoRec: row chunks)
 MODELS = {"SASRec": {}, "SICSRec": {}, "DeCoRec": {"kmeans_niter": 5}}
@@ -151,7 +151,8 @@ def test_mmsr_paper_protocol_masks_history_in_the_data_layer(make_config, monkey
     from recbole_mm.config import MMConfig
 
     monkeypatch.setattr(sys, "argv", ["run_recbole_mm.py", "--protocol=paper"])
-    over = {**TINY, "fusion": "gated", "fusion_n_heads": 2, "topk": [10, 20]}
+    over = {**{k: v for k, v in TINY.items() if k != "valid_metric"},  # the paper's Hit@10
+            "fusion": "gated", "fusion_n_heads": 2, "topk": [10, 20]}
     config = make_config("MMSR", **over)
     assert isinstance(config, MMConfig) and config["protocol"] == "paper"
     assert config["mask_history_items"] is True
