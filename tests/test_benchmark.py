@@ -121,6 +121,10 @@ def test_labelled_variants_meet_the_paper_row_of_their_setting():
     assert comp["DeCoRec"]["paper_value"] == 0.1779 and comp["DeCoRec"]["match"] == "model"
     assert comp["DeCoRec w/o phase"]["paper_value"] == 0.1650  # DeCoRec Table 4, w/o phase
     assert comp["DeCoRec w/o phase"]["match"] == "setting"
+    # Table 4 reports no @50: the ablation row is not set beside the full model's @50 number
+    comp50 = bm.compare_with_papers(bm.summarize([dict(recs[1], test_result={
+        "recall@10": 0.165, "recall@50": 0.33})]), ["recall@10", "recall@50"])
+    assert [(c["metric"], c["match"]) for c in comp50] == [("recall@10", "setting")]
     assert comp["DeCoRec tiny"]["paper_value"] == 0.1779 and comp["DeCoRec tiny"]["match"] == "model only"
     md = bm.markdown_report(recs, bm.summarize(recs), {"name": "t", "command": "cmd", "profile": "quick"})
     assert "| DeCoRec tiny | recall@10 |" in md and "model only: this row's setting differs" in md

@@ -29,6 +29,11 @@ def compare_with_papers(rows, metrics) -> list[dict]:
         if row["noise"] or not row["n_ok"]:
             continue
         variant = row_variant(row["label"], row["model"])
+        # a variant the paper reports (for any metric) meets only that setting's numbers
+        reported = variant and any(
+            r.get("setting") and _norm(r["setting"]) == variant
+            for m in metrics for r in reference.lookup(dataset=row["dataset"], model=row["model"],
+                                                       metric=m, compare_only=False))
         for m in metrics:
             ours = row.get(m)
             if ours is None:
@@ -38,7 +43,10 @@ def compare_with_papers(rows, metrics) -> list[dict]:
                 same = [r for r in reference.lookup(dataset=row["dataset"], model=row["model"],
                                                     metric=m, compare_only=False)
                         if r.get("setting") and _norm(r["setting"]) == variant]
-                refs, match = (same, "setting") if same else (refs, "model only")
+                if same:
+                    refs, match = same, "setting"
+                else:
+                    refs, match = ([] if reported else refs), "model only"
             for ref in refs:
                 ratio = ours / ref["value"] if ref["value"] else None
                 out.append({"dataset": row["dataset"], "label": row["label"],
