@@ -11,8 +11,7 @@ models the plugin computes exactly those per batch, without ever holding ``[B, n
 
 * **item chunks** (models that score by an inner product with an item table): the model gives
   ``full_sort_parts(interaction) -> (user_vectors [B, d], item_table [n_items, d])`` (optionally
-  ``(users, table, bias [n_items] or None, excluded [B, L] item ids or None)``: a per-item bias
-  added to every row, and per-row items a model itself scores ``-inf``). The
+  ``(users, table, bias [n_items] or None)``: a per-item bias added to every row). The
   scores ``users @ table[c0:c1].T (+ bias[c0:c1])`` of ``eval_item_chunk`` items at a time are
   reduced to their top-k, merged into a running top-k, and dropped. RecBole's SASRec, GRU4Rec,
   BERT4Rec, FDSA and SASRecF get their parts from :data:`ADAPTERS` (keyed by exact class, built on
@@ -76,12 +75,11 @@ class ChunkedEvalError(ValueError):
 
 
 class FullSortParts(NamedTuple):
-    """A model's full-ranking scores as a product: ``users @ items.T (+ bias)``, with
-    ``excluded`` item ids of each row (``[B, L]``, 0 = padding, ignored) scored ``-inf``."""
+    """A model's full-ranking scores as a product: ``users @ items.T (+ bias)``. Items a row
+    must not get (its history) come as the batch's ``history_index``, not from the model."""
     users: torch.Tensor
     items: torch.Tensor
     bias: Optional[torch.Tensor] = None
-    excluded: Optional[torch.Tensor] = None
 
 
 class TopKIds:
@@ -206,21 +204,14 @@ def full_sort_parts(model, interaction) -> Optional[FullSortParts]:
     return None if adapter is None else adapter(model, interaction)
 
 
-def _mask_block(scores: torch.Tensor, excluded: Optional[torch.Tensor], c0: int,
-                history=None) -> None:
+def _mask_block(scores: torch.Tensor, c0: int, history=None) -> None:
     """``-inf`` in the block of columns ``c0 .. c0 + width`` of a batch's scores: the padding
-    item, each row's ``excluded`` items (``[B, L]``, 0 ignored) and the ``history`` pairs
-    (``(row ids, item ids)``, RecBole's ``history_index``)."""
+    item and the ``history`` pairs (``(row ids, item ids)``, RecBole's ``history_index``)."""
     if c0 == 0:
         scores[:, 0] = float("-inf")
-    c1 = c0 + scores.shape[1]
-    if excluded is not None:
-        rows = torch.arange(excluded.shape[0], device=excluded.device).unsqueeze(1).expand_as(excluded)
-        inside = (excluded >= c0) & (excluded < c1)
-        scores[rows[inside], excluded[inside] - c0] = float("-inf")
     if history is not None:
         rows, items = history
-        inside = (items >= c0) & (items < c1)
+        inside = (items >= c0) & (items < c0 + scores.shape[1])
         scores[rows[inside], items[inside] - c0] = float("-inf")
 
 
@@ -236,14 +227,14 @@ def _history_rows(history, r0: int, r1: int):
 def topk_by_item_chunks(parts: FullSortParts, k: int, n_items: int, chunk: int,
                         history=None) -> torch.Tensor:
     """``[B, k]`` top item ids of ``users @ items.T (+ bias)``, ``chunk`` items at a time; the
-    padding item, ``parts.excluded`` and the ``history`` pairs are scored ``-inf``."""
+    padding item and the ``history`` pairs are scored ``-inf``."""
     best = None
     for c0 in range(0, n_items, chunk):
         c1 = min(n_items, c0 + chunk)
         scores = torch.matmul(parts.users, parts.items[c0:c1].transpose(0, 1))
         if parts.bias is not None:
             scores += parts.bias[c0:c1]  # the same elementwise sum as full_sort_predict's
-        _mask_block(scores, parts.excluded, c0, history)
+        _mask_block(scores, c0, history)
         values, ids = chunk_topk(scores, k)
         best = merge_topk(best, (values, ids + c0), k)
         del scores
