@@ -200,6 +200,84 @@ def test_resumed_curve_keeps_the_epochs_before_the_resumed_one():
     assert [(r["segment"], r["epoch"]) for r in got] == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0)]
     # stopped just after the second stage began: resumes at its start
     assert len(resumed_curve(two, 0)) == 4
+    # the state names the stage: deep in stage 2 keeps its epochs before the resumed one ...
+    assert [(r["segment"], r["epoch"]) for r in resumed_curve(two, 2, segment=1)][-2:] == [
+        (1, 0), (1, 1)]
+    # ... a stage set up with no epoch done keeps the whole curve, and an earlier stage drops
+    # every later one
+    assert len(resumed_curve(two, 0, segment=2)) == 7
+    assert [(r["segment"], r["epoch"]) for r in resumed_curve(two, 3, segment=0)] == [
+        (0, 0), (0, 1), (0, 2)]
+
+
+def test_two_stage_cell_resumed_deep_in_its_second_stage_keeps_that_stages_epochs(
+        tiny_root, tmp_path):
+    """Stopped at phase 2's second validation, the cell says it resumes at phase 2's epoch 1 and
+    its record (curve, best epoch) is the uninterrupted run's: the stage's epoch counter is
+    only set when fit reaches the stage, so the resume point comes from the training state."""
+    (cell,) = _cells("DeCoRec", tiny_root, epochs=6, stopping_step=10)
+    out, scratch = str(tmp_path / "res"), str(tmp_path / "scratch")
+    seen = []
+
+    def stop(line):
+        seen.append(line.strip())
+        if sum(x.startswith("epoch 1: valid") for x in seen) == 2:  # phase 2, second validation
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        bm.run_grid([cell], out, scratch, isolate=False, log=stop)
+    lines = []
+    (rec,) = bm.run_grid([cell], out, scratch, isolate=False, log=lines.append)
+    (whole,) = bm.run_grid([cell], str(tmp_path / "other"), str(tmp_path / "s2"), isolate=False,
+                           log=lambda s: None)
+    assert any("resumed at epoch 1 of phase 2" in x for x in lines), lines
+    assert rec["resumed_from_epoch"] == 1
+    assert [(e["segment"], e["epoch"]) for e in rec["curve"]] == [
+        (e["segment"], e["epoch"]) for e in whole["curve"]] == [(0, 0), (0, 1), (0, 2), (1, 0),
+                                                               (1, 1), (1, 2)]
+    assert rec["best_epoch"] == whole["best_epoch"]
+    assert rec["best_valid_score"] == pytest.approx(whole["best_valid_score"], abs=1e-9)
+
+
+_SUPERVISED = """
+import os, subprocess, sys, time
+from recbole_mm.benchmark.run import supervise
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+open(sys.argv[1], "w").write(str(child.pid))
+supervise(child, None, time.perf_counter())
+"""
+
+
+def test_sigterm_to_the_harness_ends_its_cell_process(tmp_path):
+    """SIGTERM to the harness while a cell process runs ends that process too (it used to go on
+    running unsupervised), and the harness exits with 128 + SIGTERM."""
+    import signal
+    import time
+
+    pid_file = tmp_path / "child.pid"
+    harness = subprocess.Popen([sys.executable, "-c", _SUPERVISED, str(pid_file)], cwd=ROOT,
+                               env={**os.environ, "PYTHONPATH": ROOT})
+    for _ in range(300):
+        if pid_file.exists() and pid_file.read_text():
+            break
+        time.sleep(0.1)
+    child = int(pid_file.read_text())
+    time.sleep(1.0)  # inside supervise's wait
+    harness.send_signal(signal.SIGTERM)
+    assert harness.wait(timeout=30) == 128 + signal.SIGTERM
+    with pytest.raises(ProcessLookupError):  # ended and reaped by the harness
+        os.kill(child, 0)
+
+
+def test_supervise_kills_a_cell_past_its_time_limit():
+    import time
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    polls = []
+    assert bench_run.supervise(child, 0.2, time.perf_counter(), lambda: polls.append(1)) is True
+    assert child.poll() is not None
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    assert bench_run.supervise(done, 60, time.perf_counter()) is False and done.returncode == 0
 
 
 def test_two_stage_cell_resumes_inside_its_second_stage(tiny_root, tmp_path):

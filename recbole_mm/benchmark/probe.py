@@ -97,9 +97,13 @@ class Probe:
             "setting_note": getattr(model, "setting_note", None),
         }
         if self._prior is not None:  # a resumed run: the earlier attempt's epochs before it
-            self.resumed_from = start = int(getattr(trainer, "start_epoch", 0) or 0)
-            self.epochs = resumed_curve(self._prior, start)
-            self._progress(f"resumed at epoch {start} ({len(self.epochs)} earlier epoch(s) kept)")
+            stage, start, segment = getattr(trainer, "resumed_at", None) or (
+                None, getattr(trainer, "start_epoch", 0), None)
+            self.resumed_from = start = int(start or 0)
+            self.epochs = resumed_curve(self._prior, start, segment)
+            where = f" of {stage}" if stage else ""
+            self._progress(f"resumed at epoch {start}{where} ({len(self.epochs)} earlier epoch(s) "
+                           f"kept)")
         probe = self
         orig_train, orig_valid = trainer._train_epoch, trainer._valid_epoch
         orig_eval, orig_fit = trainer.evaluate, trainer.fit
@@ -218,14 +222,16 @@ class Probe:
         return tokens, values
 
 
-def resumed_curve(prior, start: int) -> list:
-    """The earlier attempt's curve up to the epoch a resumed run starts at: entries of its last
-    stage (segment) from epoch ``start`` on are dropped (that stage goes on from ``start``)."""
+def resumed_curve(prior, start: int, segment: int | None = None) -> list:
+    """The earlier attempt's curve up to where a resumed run starts: epoch ``start`` of stage
+    (segment) ``segment`` (default: the curve's last). Entries of that stage from ``start`` on,
+    and of any later one, are dropped; a ``segment`` past the curve's last (a stage set up but
+    with no epoch done) keeps the whole curve."""
     kept = [dict(r) for r in prior]
-    last = max((r.get("segment", 0) for r in kept), default=0)
-    while kept and kept[-1].get("segment", 0) == last and int(kept[-1]["epoch"]) >= start:
-        kept.pop()
-    return kept
+    if segment is None:
+        segment = max((r.get("segment", 0) for r in kept), default=0)
+    return [r for r in kept if r.get("segment", 0) < segment
+            or (r.get("segment", 0) == segment and int(r["epoch"]) < start)]
 
 
 def _num(v):

@@ -27,9 +27,11 @@ import json
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 
@@ -286,6 +288,41 @@ def run_cell(cell: Cell, out_dir: str, scratch: str, isolate: bool = True,
     return rec
 
 
+class _Terminated(SystemExit):
+    """SIGTERM reached the harness while a cell process ran."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated(128 + signum)
+
+
+def supervise(proc: subprocess.Popen, timeout: float | None, t0: float, on_poll=None) -> bool:
+    """Wait for the cell process ``proc``, calling ``on_poll`` every :data:`POLL_S` seconds;
+    kill it once ``timeout`` seconds have passed since ``t0`` (returns True then). If the
+    harness itself is stopped meanwhile (Ctrl-C, or SIGTERM, which would otherwise end only the
+    harness and leave the cell running unsupervised), the cell process is ended first and the
+    interruption re-raised; its saved training state stays, so a later run resumes it."""
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None
+    try:
+        while proc.poll() is None:
+            if timeout is not None and time.perf_counter() - t0 > timeout:
+                proc.kill()
+                proc.wait()
+                return True
+            time.sleep(POLL_S)
+            if on_poll is not None:
+                on_poll()
+        return False
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def _run_isolated(cell, scratch, logfile, users_file, timeout, log, fresh) -> dict:
     spec_fd, spec_path = tempfile.mkstemp(dir=scratch, prefix="cell-", suffix=".json")
     with os.fdopen(spec_fd, "w") as f:
@@ -296,25 +333,12 @@ def _run_isolated(cell, scratch, logfile, users_file, timeout, log, fresh) -> di
     args = [sys.executable, "-m", "recbole_mm.benchmark", "--_cell", spec_path, "--_result",
             res_path, "--_scratch", scratch, "--_users", users_file, "--_base_dir", os.getcwd()]
     tail = _LogTail(logfile, lambda line: log("    " + line) if _is_progress(line) else None)
-    timed_out = False
     t0 = time.perf_counter()
     try:
         with open(logfile, "a") as out:
             proc = subprocess.Popen(args + (["--_fresh"] if fresh else []), cwd=scratch, env=env,
                                     stdout=out, stderr=subprocess.STDOUT)
-        try:
-            while proc.poll() is None:
-                if timeout is not None and time.perf_counter() - t0 > timeout:
-                    timed_out = True
-                    proc.kill()
-                    proc.wait()
-                    break
-                time.sleep(POLL_S)
-                tail.poll()
-        except BaseException:  # Ctrl-C in the harness: stop the cell too (its state stays)
-            proc.kill()
-            proc.wait()
-            raise
+        timed_out = supervise(proc, timeout, t0, tail.poll)
         tail.poll()
         rec = read_json(res_path) if os.path.exists(res_path) else None
         if rec is None:
