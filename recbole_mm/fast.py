@@ -5,6 +5,13 @@
   the same inverted dropout whose keep mask comes from ``torch.rand`` on the CPU (torch's CPU
   ``bernoulli_`` was 17% of a trimmed SASRec epoch). Same distribution, another random stream;
   ``trim_padding: false`` keeps RecBole's modules, so that path stays RecBole's exactly.
+* ``length_groups`` (default true, only with ``trim_padding``): RecBole's BERT4Rec (CE loss)
+  trains with :func:`grouped_masked_item_loss`: the rows of each (random) batch are encoded in
+  groups of similar length and the logits are computed for the masked positions only. Its
+  batches cannot be grouped by length (:data:`recbole_mm.data.batching.NO_BUCKETING`), so a batch
+  is as wide as its longest history and RecBole also scores all ``mask_ratio * L`` mask slots of
+  every row, most of them empty. Same batch, same loss (the mean over the real masks), computed
+  without either waste.
 * ``mixed_precision``: bf16 autocast for training, on the CPU and on CUDA.
 
 RecBole's ``Trainer`` already wraps every training step in ``torch.autocast(enable_amp)``; its
@@ -20,10 +27,55 @@ from torch import nn
 
 
 def prepare_training(config, model) -> None:
-    """Apply ``fast_dropout`` and ``mixed_precision`` (call before the trainer is built)."""
+    """Apply ``fast_dropout``, ``length_groups`` and ``mixed_precision`` (call before the trainer
+    is built)."""
     if config["trim_padding"] is not False and config["fast_dropout"] is not False:
         use_fast_dropout(model)
+    if config["trim_padding"] is not False and config["length_groups"] is not False:
+        use_length_groups(model)
     apply_mixed_precision(config)
+
+
+def use_length_groups(model) -> bool:
+    """Give RecBole's BERT4Rec (CE loss) :func:`grouped_masked_item_loss` as its training loss;
+    returns whether the model is one (other models are left as they are)."""
+    from recbole.model.sequential_recommender.bert4rec import BERT4Rec
+
+    if type(model) is not BERT4Rec or model.loss_type != "CE":
+        return False
+    model.calculate_loss = lambda interaction: grouped_masked_item_loss(model, interaction)
+    model.length_grouped_loss = True  # read by recbole_mm.speed (positions it computes)
+    return True
+
+
+def grouped_masked_item_loss(model, interaction) -> torch.Tensor:
+    """RecBole's BERT4Rec CE loss (the mean cross-entropy over the batch's real masks, i.e.
+    slots with a mask index > 0) with its rows encoded in length groups
+    (:func:`recbole_mm.data.batching.length_groups`) and only the real masks scored.
+
+    Exact: the encoder is bidirectional with padding keys masked out (RecBole's additive -10000,
+    zero after the softmax in float32) and rows are right-padded, so a row's outputs at its real
+    positions do not depend on the batch's width; and the positions RecBole scores but weighs 0
+    add nothing. A batch without a real mask gives NaN, as RecBole's 0/0 does."""
+    from recbole_mm.data.batching import length_groups
+
+    seq = interaction[model.MASK_ITEM_SEQ]
+    index = interaction[model.MASK_INDEX]
+    targets = interaction[model.POS_ITEMS]
+    outputs, labels = [], []
+    for rows, width in length_groups((seq > 0).sum(dim=1)):
+        rows = rows.to(seq.device)
+        r, slot = torch.nonzero(index[rows] > 0, as_tuple=True)
+        if len(r) == 0:
+            continue
+        hidden = model.forward(seq[rows, :width])              # [g, width, H]
+        outputs.append(hidden[r, index[rows][r, slot]])         # [masks in group, H]
+        labels.append(targets[rows][r, slot])
+    if not outputs:
+        return model.output_bias.sum() * float("nan")
+    hidden, labels = torch.cat(outputs), torch.cat(labels)
+    logits = hidden @ model.item_embedding.weight[:model.n_items].t() + model.output_bias
+    return nn.functional.cross_entropy(logits, labels)
 
 
 def use_fast_dropout(model: nn.Module) -> int:

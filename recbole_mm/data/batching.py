@@ -167,6 +167,22 @@ def length_buckets(lengths: np.ndarray, batch_size: int, generator: torch.Genera
     return [batches[i] for i in order]
 
 
+def length_groups(lengths: torch.Tensor, min_width: int = 4) -> list[tuple[torch.Tensor, int]]:
+    """Rows of one batch grouped by history length, for a model that encodes each group apart:
+    ``[(row indices, width)]``, a row of length ``n`` in the group of widths up to the next power
+    of two (at least ``min_width``), ``width`` the group's longest row. The batch itself (which
+    rows, hence the loss's weights) is unchanged; only the padding each row is computed with
+    shrinks. Rows of length 0 go with the shortest group."""
+    lengths = lengths.to("cpu", torch.long)
+    ceiling = torch.clamp(lengths, min=1).float().log2().ceil().long()
+    ceiling = torch.clamp(ceiling, min=int(np.log2(max(1, min_width))))
+    groups = []
+    for c in torch.unique(ceiling).tolist():
+        rows = torch.nonzero(ceiling == c, as_tuple=True)[0]
+        groups.append((rows, max(1, int(lengths[rows].max()))))
+    return groups
+
+
 class _TrimmedLoader:
     """What the plugin's training and evaluation loaders share: a precomputed list of batches of
     row indices (``_epoch_batches``), collated and trimmed in the main process."""

@@ -11,12 +11,21 @@ PATHS = {"padded": {"trim_padding": False}, "trimmed": {}}
 
 def count_positions(config, model, train_data, test_data) -> dict:
     """Real history tokens of the training rows against the positions one epoch's batches hold
-    (rows x width, summed over batches), and the shape figures the floor needs."""
+    (rows x width, summed over batches; for a model encoding each batch in length groups,
+    :func:`recbole_mm.fast.use_length_groups`, rows x width summed over the groups), and the shape
+    figures the floor needs."""
+    from recbole_mm.data.batching import length_groups
+
     ds = train_data._dataset
     lengths = ds.inter_feat[ds.item_list_length_field]
+    grouped = getattr(model, "length_grouped_loss", False)
     positions = 0
     for batch in train_data:
-        positions += batch[ds.item_id_list_field].numel()
+        seq = batch[ds.item_id_list_field]
+        if grouped:
+            positions += sum(len(rows) * width for rows, width in length_groups((seq > 0).sum(1)))
+        else:
+            positions += seq.numel()
     return {"rows": int(len(lengths)), "tokens": int(lengths.sum()), "positions": int(positions),
             "n_items": int(ds.item_num), "hidden_size": int(config["hidden_size"] or 64),
             "inner_size": int(config["inner_size"] or 4 * int(config["hidden_size"] or 64)),
