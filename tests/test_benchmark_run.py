@@ -210,18 +210,16 @@ def test_resumed_curve_keeps_the_epochs_before_the_resumed_one():
         (0, 0), (0, 1), (0, 2)]
 
 
-def test_two_stage_cell_resumed_deep_in_its_second_stage_keeps_that_stages_epochs(
-        tiny_root, tmp_path):
-    """Stopped at phase 2's second validation, the cell says it resumes at phase 2's epoch 1 and
-    its record (curve, best epoch) is the uninterrupted run's: the stage's epoch counter is
-    only set when fit reaches the stage, so the resume point comes from the training state."""
-    (cell,) = _cells("DeCoRec", tiny_root, epochs=6, stopping_step=10)
+def _stop_resume_and_rerun(cell, tmp_path, line_start):
+    """Stop a two-stage cell at the second progress line starting with ``line_start`` (the same
+    line of its second stage), resume it, and run it again uninterrupted elsewhere: (resumed
+    record, uninterrupted record, the resumed attempt's progress lines)."""
     out, scratch = str(tmp_path / "res"), str(tmp_path / "scratch")
     seen = []
 
     def stop(line):
         seen.append(line.strip())
-        if sum(x.startswith("epoch 1: valid") for x in seen) == 2:  # phase 2, second validation
+        if sum(x.startswith(line_start) for x in seen) == 2:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -230,6 +228,16 @@ def test_two_stage_cell_resumed_deep_in_its_second_stage_keeps_that_stages_epoch
     (rec,) = bm.run_grid([cell], out, scratch, isolate=False, log=lines.append)
     (whole,) = bm.run_grid([cell], str(tmp_path / "other"), str(tmp_path / "s2"), isolate=False,
                            log=lambda s: None)
+    return rec, whole, lines
+
+
+def test_two_stage_cell_resumed_deep_in_its_second_stage_keeps_that_stages_epochs(
+        tiny_root, tmp_path):
+    """Stopped at phase 2's second validation, the cell says it resumes at phase 2's epoch 1 and
+    its record (curve, best epoch) is the uninterrupted run's: the stage's epoch counter is
+    only set when fit reaches the stage, so the resume point comes from the training state."""
+    (cell,) = _cells("DeCoRec", tiny_root, epochs=6, stopping_step=10)
+    rec, whole, lines = _stop_resume_and_rerun(cell, tmp_path, "epoch 1: valid")
     assert any("resumed at epoch 1 of phase 2" in x for x in lines), lines
     assert rec["resumed_from_epoch"] == 1
     assert [(e["segment"], e["epoch"]) for e in rec["curve"]] == [
@@ -284,19 +292,7 @@ def test_two_stage_cell_resumes_inside_its_second_stage(tiny_root, tmp_path):
     """DeCoRec (two phases) stopped in phase 2 resumes there: the curve keeps phase 1, and the
     cell ends as an uninterrupted one."""
     (cell,) = _cells("DeCoRec", tiny_root, epochs=4, stopping_step=10)
-    out, scratch = str(tmp_path / "res"), str(tmp_path / "scratch")
-    seen = []
-
-    def stop(line):
-        seen.append(line.strip())
-        if sum(x.startswith("epoch 0: valid") for x in seen) == 2:  # phase 2, first validation
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        bm.run_grid([cell], out, scratch, isolate=False, log=stop)
-    (rec,) = bm.run_grid([cell], out, scratch, isolate=False, log=lambda s: None)
-    (whole,) = bm.run_grid([cell], str(tmp_path / "other"), str(tmp_path / "s2"), isolate=False,
-                           log=lambda s: None)
+    rec, whole, _ = _stop_resume_and_rerun(cell, tmp_path, "epoch 0: valid")
     assert rec["status"] == whole["status"] == "ok" and rec["resumed_from_epoch"] is not None
     assert [(e["segment"], e["epoch"]) for e in rec["curve"]] == [
         (e["segment"], e["epoch"]) for e in whole["curve"]] == [(0, 0), (0, 1), (1, 0), (1, 1)]
