@@ -30,6 +30,9 @@ def test_parse_models_labels_groups_and_configs():
     got = bm.parse_models("SICSRec (ID+T, w/o SFT)=SICSRec{input_modalities: [id, text]},GRU4Rec")
     assert got == [("SICSRec (ID+T, w/o SFT)", "SICSRec", {"input_modalities": ["id", "text"]}),
                    ("GRU4Rec", "GRU4Rec", {})]
+    # a label may hold '=': the entry splits at the '=' before the model name
+    assert bm.parse_models("DeCoRec k = 5% of items=DeCoRec{n_clusters_ratio: 0.05}") == [
+        ("DeCoRec k = 5% of items", "DeCoRec", {"n_clusters_ratio": 0.05})]
     with pytest.raises(SystemExit, match="bad model entry"):
         bm.parse_models("SAS Rec!")
 

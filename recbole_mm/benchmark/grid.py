@@ -126,7 +126,7 @@ def parse_models(spec) -> list[tuple[str, str, dict]]:
         if item == "papers":
             out += [(m, m, {}) for m in PAPER_MODELS]
             continue
-        m = re.fullmatch(r"\s*(?:([^={]+?)\s*=)?\s*([A-Za-z0-9_]+)\s*(\{.*\})?\s*", item)
+        m = re.fullmatch(r"\s*(?:([^{]+?)\s*=)?\s*([A-Za-z0-9_]+)\s*(\{.*\})?\s*", item)
         if not m:
             raise SystemExit(f"error: bad model entry {item!r} (expected NAME, LABEL=NAME or "
                              f"LABEL=NAME{{key: value, ...}})")
