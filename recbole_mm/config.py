@@ -17,8 +17,10 @@ their MMRec names, and when no root has ``<dataset_dir>`` the MMRec folder is th
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import sys
 
 from recbole.config import Config
 
@@ -36,6 +38,19 @@ PROTOCOLS = ("plugin", "paper")
 
 class ConfigError(ValueError):
     """A configuration value that cannot be used (the message names the key and the file)."""
+
+
+@contextlib.contextmanager
+def plain_argv():
+    """RecBole's ``Config`` reads ``--key=value`` from ``sys.argv``: a tool that builds its
+    configuration itself (benchmark cells, tuner, recommend, speed and cost) hides its own
+    options from it while this is entered."""
+    argv = sys.argv
+    sys.argv = argv[:1]
+    try:
+        yield
+    finally:
+        sys.argv = argv
 
 
 def read_yaml(path: str) -> dict:

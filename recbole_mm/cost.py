@@ -30,13 +30,14 @@ def measure(model_name: str, dataset: str, overrides: dict, epochs: int = 1,
     from recbole.utils import init_logger, init_seed
 
     from recbole_mm import registry
-    from recbole_mm.config import MMConfig
+    from recbole_mm.config import MMConfig, plain_argv
     from recbole_mm.data.batching import data_preparation
     from recbole_mm.fast import prepare_training
     from recbole_mm.quick_start import create_dataset
 
     cfg = {"state": "WARNING", "show_progress": False, **overrides}
-    config = MMConfig(model=model_name, dataset=dataset, config_dict=cfg)
+    with plain_argv():
+        config = MMConfig(model=model_name, dataset=dataset, config_dict=cfg)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     t0 = time.perf_counter()

@@ -41,6 +41,7 @@ from recbole_mm.benchmark.common import (CELL_STATUS_DONE, PROJECT_DIR, STATUS_F
                                          reached_summary, read_json)
 from recbole_mm.benchmark.grid import Cell
 from recbole_mm.benchmark.probe import Probe, effective_config, stage_epochs
+from recbole_mm.config import plain_argv
 
 PER_USER_SUFFIX = ".users.npz"
 #: How often (seconds) the harness relays a running cell's new log lines to the console.
@@ -133,45 +134,44 @@ def execute_cell(cell: Cell, scratch: str, progress=None, per_user_file=None, ba
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    argv, cwd = sys.argv, os.getcwd()
-    sys.argv = argv[:1]  # RecBole's Config reads --key=value from sys.argv: not the harness's
-    os.chdir(scratch)    # RecBole writes log/ and log_tensorboard/ under the working folder
-    try:
+    cwd = os.getcwd()
+    with plain_argv():  # RecBole's Config must not read the harness's options
+        os.chdir(scratch)    # RecBole writes log/ and log_tensorboard/ under the working folder
         try:
-            if state:
-                progress(f"resuming from {os.path.basename(state)}")
-            result = run_recbole_mm(cell.model, cell.dataset, config_dict=cfg, saved=True,
-                                    trainer_hook=probe.attach, resume=state)
-        except ResumeError as exc:
-            if not state or probe.attached:
-                raise
-            progress(f"cannot resume ({exc}); starting over")
-            _remove(folder)
-            os.makedirs(folder, exist_ok=True)
-            probe = Probe(progress, progress_file)
-            result = run_recbole_mm(cell.model, cell.dataset, config_dict=cfg, saved=True,
-                                    trainer_hook=probe.attach)
-    except Exception as exc:
-        tb = traceback.format_exc(limit=6)
-        first = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else ""
-        msg = f"{type(exc).__name__}: {first}"
-        from recbole_mm.config import ConfigError
+            try:
+                if state:
+                    progress(f"resuming from {os.path.basename(state)}")
+                result = run_recbole_mm(cell.model, cell.dataset, config_dict=cfg, saved=True,
+                                        trainer_hook=probe.attach, resume=state)
+            except ResumeError as exc:
+                if not state or probe.attached:
+                    raise
+                progress(f"cannot resume ({exc}); starting over")
+                _remove(folder)
+                os.makedirs(folder, exist_ok=True)
+                probe = Probe(progress, progress_file)
+                result = run_recbole_mm(cell.model, cell.dataset, config_dict=cfg, saved=True,
+                                        trainer_hook=probe.attach)
+        except Exception as exc:
+            tb = traceback.format_exc(limit=6)
+            first = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else ""
+            msg = f"{type(exc).__name__}: {first}"
+            from recbole_mm.config import ConfigError
 
-        if probe.attached:  # training had begun: keep what it reached, and its training state
-            rec.update(status=STATUS_FAILED, reason=msg, traceback=tb[-3000:])
-            rec.update(probe.reached())
-        else:
-            what = ("configuration refused" if isinstance(exc, ConfigError)  # e.g. protocol: paper
-                    else "cannot run on this dataset")  # data / model construction refused it
-            rec.update(status=STATUS_SKIPPED, reason=f"{what}: {msg}", traceback=tb[-3000:])
-            _remove(folder)
-        progress(f"{rec['status']}: {msg}")
-        rec.update(probe.info)
-        rec["wall_s"] = round(time.perf_counter() - t_start, 3)
-        return rec
-    finally:
-        sys.argv = argv
-        os.chdir(cwd)
+            if probe.attached:  # training had begun: keep what it reached, and its training state
+                rec.update(status=STATUS_FAILED, reason=msg, traceback=tb[-3000:])
+                rec.update(probe.reached())
+            else:
+                what = ("configuration refused" if isinstance(exc, ConfigError)  # e.g. protocol: paper
+                        else "cannot run on this dataset")  # data / model construction refused it
+                rec.update(status=STATUS_SKIPPED, reason=f"{what}: {msg}", traceback=tb[-3000:])
+                _remove(folder)
+            progress(f"{rec['status']}: {msg}")
+            rec.update(probe.info)
+            rec["wall_s"] = round(time.perf_counter() - t_start, 3)
+            return rec
+        finally:
+            os.chdir(cwd)
 
     curve = probe.epochs
     fit_evals = [s for s, in_fit in probe.eval_calls if in_fit]

@@ -52,7 +52,7 @@ def _read_users(path: str) -> list[str]:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args, rest = build_parser().parse_known_args(argv)
-    from recbole_mm.config import parse_overrides
+    from recbole_mm.config import parse_overrides, plain_argv
     from recbole_mm.data.dataset import DatasetFilesError
     from recbole_mm.data.features import FeatureFileError
     from recbole_mm.recommend import Recommender, RecommendError
@@ -60,28 +60,25 @@ def main(argv=None) -> int:
 
     overrides = parse_overrides(rest)
     overrides.setdefault("state", "WARNING")  # RecBole's INFO log of the data would bury the output
-    saved_argv = sys.argv
-    sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from sys.argv: not these options
-    try:
-        users = None
-        if args.users is not None:
-            users = [u.strip() for u in args.users.split(",") if u.strip()]
-            if not users:
-                raise RecommendError("--users names no user token.")
-        elif args.users_file is not None:
-            users = _read_users(args.users_file)
-        rec = Recommender(args.checkpoint, config_dict=overrides, faiss=args.faiss,
-                          nprobe=args.nprobe)
-        exclude = not args.include_seen
-        if args.history is not None:
-            recs = [rec.recommend_history(args.history.split(), topk=args.topk, exclude_seen=exclude)]
-        else:
-            recs = rec.recommend(users, topk=args.topk, exclude_seen=exclude)
-    except (RecommendError, FeatureFileError, DatasetFilesError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        sys.argv = saved_argv
+    with plain_argv():  # RecBole's Config must not read these options
+        try:
+            users = None
+            if args.users is not None:
+                users = [u.strip() for u in args.users.split(",") if u.strip()]
+                if not users:
+                    raise RecommendError("--users names no user token.")
+            elif args.users_file is not None:
+                users = _read_users(args.users_file)
+            rec = Recommender(args.checkpoint, config_dict=overrides, faiss=args.faiss,
+                              nprobe=args.nprobe)
+            exclude = not args.include_seen
+            if args.history is not None:
+                recs = [rec.recommend_history(args.history.split(), topk=args.topk, exclude_seen=exclude)]
+            else:
+                recs = rec.recommend(users, topk=args.topk, exclude_seen=exclude)
+        except (RecommendError, FeatureFileError, DatasetFilesError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if args.out:
         write_csv(recs, args.out)
         print(f"wrote {sum(len(r['items']) for r in recs)} recommendations for {len(recs)} "

@@ -7,29 +7,17 @@ configuration's own (``seed``, ``reproducibility``), as in any run.
 """
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
 import math
 import os
 import shutil
-import sys
 import time
 
 import optuna
 
+from recbole_mm.config import plain_argv
 from recbole_mm.tune.space import suggest
-
-
-@contextlib.contextmanager
-def plain_argv():
-    """RecBole's ``Config`` reads ``--key=value`` from ``sys.argv``: hide the tuner's own."""
-    argv = sys.argv
-    sys.argv = argv[:1]
-    try:
-        yield
-    finally:
-        sys.argv = argv
 
 
 def _floats(d) -> dict:
