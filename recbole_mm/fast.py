@@ -65,11 +65,12 @@ def grouped_masked_item_loss(model, interaction) -> torch.Tensor:
     outputs, labels = [], []
     for rows, width in length_groups((seq > 0).sum(dim=1)):
         rows = rows.to(seq.device)
-        r, slot = torch.nonzero(index[rows] > 0, as_tuple=True)
+        group_index = index[rows]
+        r, slot = torch.nonzero(group_index > 0, as_tuple=True)
         if len(r) == 0:
             continue
-        hidden = model.forward(seq[rows, :width])              # [g, width, H]
-        outputs.append(hidden[r, index[rows][r, slot]])         # [masks in group, H]
+        hidden = model.forward(seq[rows, :width])               # [g, width, H]
+        outputs.append(hidden[r, group_index[r, slot]])          # [masks in group, H]
         labels.append(targets[rows][r, slot])
     if not outputs:
         return model.output_bias.sum() * float("nan")

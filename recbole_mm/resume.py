@@ -263,9 +263,9 @@ def restore(trainer, train_data, state: dict, file: str) -> None:
                           f"'{saved['dataset']}', this run is {config['model']} on "
                           f"'{config['dataset']}'.")
     trainer.saved_model_file = model_path(state_path(file))
-    # where the run goes on, known now even when a multi-stage fit puts the state back later
-    # (a stage's epoch counter is reset when fit sets the stage up): (stage name or None, epoch,
-    # and the run's segment (the stages before it that trained epochs), as progress curves count
+    # Where the run goes on, known here although a multi-stage fit puts the state back only when
+    # it reaches the stage (and resets the stage's epoch counter first): (stage name or None,
+    # next epoch, segment = how many earlier stages trained epochs, as progress curves count).
     stage = state["stage"] or {}
     earlier = [v for k, v in (stage.get("stage_epochs") or {}).items() if k != stage.get("name")]
     trainer.resumed_at = (stage.get("name"), int(state["epoch"]) + 1,

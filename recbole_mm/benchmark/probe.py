@@ -97,9 +97,8 @@ class Probe:
             "setting_note": getattr(model, "setting_note", None),
         }
         if self._prior is not None:  # a resumed run: the earlier attempt's epochs before it
-            stage, start, segment = getattr(trainer, "resumed_at", None) or (
-                None, getattr(trainer, "start_epoch", 0), None)
-            self.resumed_from = start = int(start or 0)
+            stage, start, segment = trainer.resumed_at  # set by recbole_mm.resume.restore
+            self.resumed_from = start
             self.epochs = resumed_curve(self._prior, start, segment)
             where = f" of {stage}" if stage else ""
             self._progress(f"resumed at epoch {start}{where} ({len(self.epochs)} earlier epoch(s) "
