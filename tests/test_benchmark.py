@@ -35,6 +35,9 @@ def test_parse_models_labels_groups_and_configs():
         ("DeCoRec k = 5% of items", "DeCoRec", {"n_clusters_ratio": 0.05})]
     with pytest.raises(SystemExit, match="bad model entry"):
         bm.parse_models("SAS Rec!")
+    # a comma outside brackets splits a label; the piece before it names no model
+    with pytest.raises(SystemExit, match=r"'SASRec d=128' names no model \('128' is not a class name\)"):
+        bm.parse_models("SASRec d=128, max length 20=SASRec{MAX_ITEM_LIST_LENGTH: 20}")
 
 
 def test_grid_cells_ids_and_config_layers():

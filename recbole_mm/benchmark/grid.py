@@ -134,6 +134,7 @@ def parse_models(spec) -> list[tuple[str, str, dict]]:
         cfg = parse_cli_value(m.group(3)) if m.group(3) else {}
         if not isinstance(cfg, dict):
             raise SystemExit(f"error: bad config in model entry {item!r}")
+        _check_model_name(model, item)
         out.append((row_label((label or model).strip(), model, cfg), model, cfg))
     seen = set()
     uniq = []
@@ -143,6 +144,18 @@ def parse_models(spec) -> list[tuple[str, str, dict]]:
         seen.add(t[0])
         uniq.append(t)
     return uniq
+
+
+def _check_model_name(model: str, entry: str) -> None:
+    """A clear error for an entry whose model cannot be a class name, e.g. ``SASRec d=128``
+    (label ``SASRec d``, model ``128``), left when a comma outside brackets split a label. A
+    well-formed name that no installed model has is not refused here: its cells are recorded
+    as skipped ("model not available"), like a RecBole model whose optional library is missing."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", model):
+        raise SystemExit(
+            f"error: model entry {entry!r} names no model ({model!r} is not a class name); an "
+            f"entry is NAME, LABEL=NAME or LABEL=NAME{{key: value, ...}}, and a comma in a label "
+            f"must sit inside brackets")
 
 
 def row_label(label: str, model: str, config: dict) -> str:
