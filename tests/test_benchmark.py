@@ -330,3 +330,46 @@ def test_cost_tool_ratios_and_provenance(tiny_root, tmp_path):
     prov = out["provenance"]
     assert prov["command"].startswith("python -m recbole_mm.cost --model=SGP4SR")
     assert prov["commit"] and prov["date"] and prov["device"].startswith("cpu")
+
+
+def test_cutoffs_recover_ranks_from_per_user_ndcg():
+    """One target per row: NDCG@50 gives the rank back, so Hit/NDCG at any k <= 50 follow."""
+    import numpy as np
+
+    from recbole_mm.benchmark import cutoffs
+
+    ranks = [1, 3, 10, 11, 12, 50, math.inf]
+    ndcg50 = np.asarray([1 / math.log2(r + 1) if r <= 50 else 0.0 for r in ranks], np.float32)
+    assert cutoffs.target_ranks(ndcg50, 50) == ranks
+    got = cutoffs.at_cutoffs(ranks, [10, 11])
+    assert got["hit@10"] == pytest.approx(3 / 7) and got["hit@11"] == pytest.approx(4 / 7)
+    assert got["ndcg@11"] - got["ndcg@10"] == pytest.approx(1 / math.log2(12) / 7)
+    with pytest.raises(ValueError, match="cell x: NDCG@50 value 0.800000 .* one target per test row"):
+        cutoffs.target_ranks([0.8], 50, "cell x")  # two targets in the top 10, not one
+    with pytest.raises(ValueError, match="NDCG@10 value"):
+        cutoffs.target_ranks([1 / math.log2(13)], 10)  # rank 12 cannot come from NDCG@10
+
+
+def test_cutoffs_of_a_finished_cell_equal_recboles_own(tiny_root, tmp_path, capsys):
+    """The cut-offs recovered from a cell's per-user NDCG@50 are the values RecBole computes
+    when the cut-off is in topk (here 11: what MISSRec's and DeCoRec's code print as @10)."""
+    from recbole_mm.benchmark import cutoffs
+
+    models = bm.parse_models("SASRec")
+    cells = bm.build_grid(models, ["mm_sample"], [3], {},
+                          _tiny(tiny_root, epochs=2, topk=[10, 11, 50]))
+    out = str(tmp_path / "res")
+    recs = bm.run_grid(cells, out, str(tmp_path / "scratch"), isolate=False, command="test",
+                       log=lambda s: None)
+    test = recs[0]["test_result"]
+    assert recs[0]["status"] == "ok" and "recall@11" in test
+    row, = cutoffs.table(out, [10, 11])
+    assert row["seeds"] == 1 and row["label"] == "SASRec"
+    for k in (10, 11):
+        assert row[f"hit@{k}"] == pytest.approx(test[f"recall@{k}"], abs=1e-4)
+        assert row[f"ndcg@{k}"] == pytest.approx(test[f"ndcg@{k}"], abs=1e-4)
+    assert cutoffs.main([f"--out={out}", "--at=10,11"]) == 0
+    printed = capsys.readouterr().out
+    assert "| mm_sample | SASRec | 1 |" in printed and "Hit@11" in printed
+    with pytest.raises(SystemExit):
+        cutoffs.main([f"--out={out}", "--at=60"])  # deeper than the recorded NDCG@50

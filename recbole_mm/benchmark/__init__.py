@@ -24,6 +24,8 @@ The parts, each readable on its own:
 * :mod:`~recbole_mm.benchmark.report`: CSV files and the markdown report;
 * :mod:`~recbole_mm.benchmark.significance`: paired tests over test users against a reference row;
 * :mod:`~recbole_mm.benchmark.papers`: the papers' numbers beside ours;
+* :mod:`~recbole_mm.benchmark.cutoffs`: Hit / NDCG at other cut-offs from finished cells' per-user
+  values (``python -m recbole_mm.benchmark.cutoffs``);
 * :mod:`~recbole_mm.benchmark.plots`: bars, training curves, noise curves;
 * :mod:`~recbole_mm.benchmark.cli`: the command line and ``meta.json``;
 * :mod:`~recbole_mm.benchmark.common`: JSON values, file names, statuses, provenance.
