@@ -113,6 +113,18 @@ def test_report_puts_the_papers_number_beside_ours(tmp_path):
     pngs = bm.make_plots(recs, rows, str(tmp_path))
     assert sorted(os.path.basename(p) for p in pngs) == ["bars_scientific_mm.png",
                                                          "curves_scientific_mm.png"]
+    # a row that recorded @11 meets DeCoRec's "H@10" with it: its code ranks the top 11
+    for r in recs:
+        r["test_result"].update({"recall@11": 0.1523 * 0.9, "ndcg@11": 0.0724 * 1.1})
+    rows = bm.summarize(recs)
+    by_metric = {c["metric"]: c for c in bm.compare_with_papers(rows, ["recall@10", "ndcg@10"])}
+    assert by_metric["recall@10"]["ours_metric"] == "recall@11"
+    assert by_metric["recall@10"]["ratio"] == pytest.approx(0.9)
+    assert by_metric["ndcg@10"]["ratio"] == pytest.approx(1.1)
+    md = bm.markdown_report(recs, rows, {"name": "t", "command": "cmd", "profile": "quick"})
+    assert "| scientific_mm | SASRec | recall@10 (ours at @11) | 0.1371 ± 0.0000 | 0.1523 | 0.900 |" in md
+    assert bm.papers.code_metric("ndcg@50", "MISSRec") == "ndcg@51"
+    assert bm.papers.code_metric("recall@10", "SICSRec") == "recall@10"  # RecBole 1.2.0, unshifted
 
 
 def test_labelled_variants_meet_the_paper_row_of_their_setting():

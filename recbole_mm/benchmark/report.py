@@ -368,7 +368,9 @@ def markdown_report(records, rows, meta, significance=None) -> str:
                   "hundreds of epochs); see the profile above before reading a ratio. A labelled "
                   "row (an ablation, a variant) meets the paper's row of the same setting when the "
                   "paper has one; `model only` marks a variant beside the paper's main row, whose "
-                  "setting differs.", "",
+                  "setting differs. DeCoRec's and MISSRec's code print as @K the value over "
+                  "their top K+1 items (docs/BENCHMARKS.md); a row that recorded @K+1 meets "
+                  "their numbers with it, shown as `ours at @K+1`.", "",
                   "| dataset | model | metric | ours | paper | ratio | source | paper's setting |",
                   "|---|---|---|---|---|---|---|---|"]
         for c in comp:
@@ -378,8 +380,11 @@ def markdown_report(records, rows, meta, significance=None) -> str:
             if c.get("match") == "model only" or (c.get("match") == "model" and noted):
                 # a noted row (e.g. w/o SFT) beside the paper's main number: settings differ
                 setting += " (model only: this row's setting differs)"
+            metric = c["metric"]
+            if c.get("ours_metric", metric) != metric:
+                metric += f" (ours at @{c['ours_metric'].split('@')[1]})"
             lines.append(f"| {c['dataset']} | {shown.get((c['dataset'], c['label']), c['label'])} | "
-                         f"{c['metric']} | "
+                         f"{metric} | "
                          f"{_fmt(c['ours'], c['ours_std'])} | {c['paper_value']:.4f} | "
                          f"{c['ratio']:.3f} | {src} | {setting} |")
     else:
