@@ -51,7 +51,7 @@ def test_every_model_gets_the_plugin_protocol_and_mmsr_its_paper_one_on_request(
 
 
 def test_protocol_errors_name_the_key_and_the_file(tiny_root, tmp_path, monkeypatch):
-    with pytest.raises(ConfigError, match="SASRec has no paper protocol.*Models with one: MMSR"):
+    with pytest.raises(ConfigError, match="SASRec has no paper protocol.*Models with one: DeCoRec, MISSRec, MMSR"):
         MMConfig("SASRec", "mm_sample", config_dict={"data_path": tiny_root, "protocol": "paper"})
     with pytest.raises(ConfigError, match="protocol: expected one of plugin, paper, got 'own'"):
         MMConfig("MMSR", "mm_sample", config_dict={"data_path": tiny_root, "protocol": "own"})
@@ -83,6 +83,9 @@ def test_shipped_model_yamls_keep_protocol_keys_under_paper_protocol():
     assert "MMSR" in names
     papers = {n: check_model_protocol(n) for n in names}  # raises on a top-level protocol key
     assert papers["MMSR"]["metrics"] == ["Hit", "NDCG"]
+    # DeCoRec's and MISSRec's code print @K over the top K+1: their protocol records K+1
+    for name in ("DeCoRec", "MISSRec"):
+        assert papers[name]["topk"] == [10, 11, 50, 51] and papers[name]["valid_metric"] == "NDCG@11"
 
 
 def test_split_epochs_divides_the_total():
