@@ -18,7 +18,8 @@ import math
 import statistics
 
 from recbole_mm.benchmark.common import CELL_STATUS_DONE, load_cells
-from recbole_mm.benchmark.significance import load_per_user
+from recbole_mm.benchmark.report import _fmt
+from recbole_mm.benchmark.significance import latest_ok, load_per_user
 
 _TOLERANCE = 1e-3  # per-user values are stored as float32
 
@@ -74,24 +75,20 @@ def cell_cutoffs(out_dir: str, rec: dict, ks) -> dict[str, float] | None:
 
 def table(out_dir: str, ks, dataset: str | None = None) -> list[dict]:
     """One row per (dataset, label): seeds, mean and sample std of Hit@k / NDCG@k over the
-    row's finished cells that recorded per-user values (the others are counted, not used)."""
-    groups: dict[tuple, dict] = {}
-    for rec in load_cells(out_dir).values():
-        if rec.get("status") != CELL_STATUS_DONE or rec.get("noise") or (
-                dataset and rec.get("dataset") != dataset):
-            continue
-        g = groups.setdefault((rec["dataset"], rec["label"]), {"values": [], "without": 0})
-        got = cell_cutoffs(out_dir, rec, ks)
-        if got is None:
-            g["without"] += 1
-        else:
-            g["values"].append(got)
+    row's cells the report uses (the latest finished one of each seed); cells without per-user
+    values are counted, not used."""
+    records = list(load_cells(out_dir).values())
+    keys = sorted({(r["dataset"], r["label"]) for r in records
+                   if r.get("status") == CELL_STATUS_DONE and not r.get("noise")
+                   and (not dataset or r["dataset"] == dataset)})
     rows = []
-    for (ds, label), g in sorted(groups.items()):
-        row = {"dataset": ds, "label": label, "seeds": len(g["values"]),
-               "without_per_user": g["without"]}
-        for m in (g["values"][0] if g["values"] else {}):
-            vals = [v[m] for v in g["values"]]
+    for ds, label in keys:
+        got = [cell_cutoffs(out_dir, rec, ks) for rec in latest_ok(records, ds, label).values()]
+        values = [g for g in got if g is not None]
+        row = {"dataset": ds, "label": label, "seeds": len(values),
+               "without_per_user": len(got) - len(values)}
+        for m in (values[0] if values else {}):
+            vals = [v[m] for v in values]
             row[m] = statistics.mean(vals)
             row[m + " std"] = statistics.stdev(vals) if len(vals) > 1 else None
         rows.append(row)
@@ -107,8 +104,7 @@ def markdown(rows, ks) -> list[str]:
             lines.append(f"| {r['dataset']} | {r['label']} | 0 (no per-user values) |"
                          + " – |" * len(metrics))
             continue
-        cells = [f"{r[m]:.4f}" + (f" ± {r[m + ' std']:.4f}" if r[m + " std"] is not None else "")
-                 for m in metrics]
+        cells = [_fmt(r[m], r[m + " std"]) for m in metrics]
         lines.append(f"| {r['dataset']} | {r['label']} | {r['seeds']} | " + " | ".join(cells) + " |")
     return lines
 

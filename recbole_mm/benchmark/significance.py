@@ -71,7 +71,7 @@ def _unique(users):
     return out
 
 
-def _latest_ok(records, dataset, label) -> dict:
+def latest_ok(records, dataset, label) -> dict:
     """``{seed: record}``: the most recently finished ok cell of each seed of a row."""
     out = {}
     for r in records:
@@ -119,12 +119,12 @@ def compare(out_dir, records, dataset, rows, metrics, reference=DEFAULT_REFERENC
         out["notes"].append(f"no significance test: the reference {reference} is not a row of "
                             f"this table (--reference names a row label or model)")
         return out
-    ref_cells = _latest_ok(records, dataset, ref)
+    ref_cells = latest_ok(records, dataset, ref)
     missing = []  # rows (or the reference) with cells recorded without per-user values
     for row in rows:
         if row["label"] == ref:
             continue
-        cells = _latest_ok(records, dataset, row["label"])
+        cells = latest_ok(records, dataset, row["label"])
         seeds = sorted(set(cells) & set(ref_cells))
         if not seeds:
             out["notes"].append(f"{row['label']}: no seed in common with {ref}")
