@@ -88,6 +88,19 @@ def test_shipped_model_yamls_keep_protocol_keys_under_paper_protocol():
         assert papers[name]["topk"] == [10, 11, 50, 51] and papers[name]["valid_metric"] == "NDCG@11"
 
 
+def test_ninerec_dataset_yamls_carry_sicsrecs_protocol():
+    """SICSRec's code (finetune.yaml) computes Hit/NDCG@5,10 and early-stops and selects the
+    checkpoint on valid Hit@10; every NineRec set, baselines included, is run that way."""
+    import yaml
+    paths = sorted(glob.glob(os.path.join(ROOT, "properties", "dataset", "ninerec_*.yaml")))
+    assert len(paths) == 4
+    for path in paths:
+        with open(path) as f:
+            cfg = yaml.safe_load(f)
+        assert cfg["metrics"] == ["Hit", "NDCG"] and cfg["topk"] == [5, 10], path
+        assert cfg["valid_metric"] == "Hit@10", path
+
+
 def test_split_epochs_divides_the_total():
     keys = ["phase1_epochs", "phase2_epochs"]
 

@@ -44,7 +44,8 @@ PROFILES = {
         "description": "full profile (paper settings; fits a CPU with padding-free batches): plugin models train with their paper defaults "
                        "(properties/model/<M>.yaml); RecBole baselines use d=300 and batch 512 "
                        "(SGP4SR's baseline setting), RecBole's other defaults; every model under "
-                       "the plugin-wide protocol (early stopping patience 10 on valid NDCG@10); "
+                       "the plugin-wide protocol (early stopping patience 10 on the dataset's valid "
+                       "metric: NDCG@10, Hit@10 on NineRec as SICSRec selects); "
                        "epochs = each model's own total (300, MMSR 150; DeCoRec and SICSRec "
                        "share it over their two stages)",
         "config": {},
