@@ -6,6 +6,7 @@ import os
 import sys
 
 import pytest
+import yaml
 
 from recbole_mm import benchmark as bm
 from recbole_mm import registry
@@ -91,7 +92,6 @@ def test_shipped_model_yamls_keep_protocol_keys_under_paper_protocol():
 def test_ninerec_dataset_yamls_carry_sicsrecs_protocol():
     """SICSRec's code (finetune.yaml) computes Hit/NDCG@5,10 and early-stops and selects the
     checkpoint on valid Hit@10; every NineRec set, baselines included, is run that way."""
-    import yaml
     paths = sorted(glob.glob(os.path.join(ROOT, "properties", "dataset", "ninerec_*.yaml")))
     assert len(paths) == 4
     for path in paths:
