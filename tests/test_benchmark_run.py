@@ -105,9 +105,17 @@ def test_interrupted_cell_resumes_from_its_training_state(tiny_root, tmp_path):
     from recbole_mm.compat import load_checkpoint
 
     assert load_checkpoint(bench_run.training_state(folder))["epoch"] == 0
+    # the record an isolated attempt stopped by its time limit leaves (the supervisor writes it)
+    os.makedirs(os.path.join(out, "cells"), exist_ok=True)
+    with open(bench_run.cell_path(out, cell.cell_id), "w") as f:
+        json.dump({"cell_id": cell.cell_id, "status": "timeout", "reason": "timed out after 1 s",
+                   "wall_s": 100.0, "epochs_run": 1}, f)
     lines = []
     (rec,) = bm.run_grid([cell], out, scratch, isolate=False, log=lines.append)
     assert rec["status"] == "ok" and rec["resumed_from_epoch"] == 1
+    # the wall time counts the attempt it continued; the attempt is on record
+    assert [a["status"] for a in rec["earlier_attempts"]] == ["timeout"]
+    assert rec["wall_s_all_attempts"] == pytest.approx(rec["wall_s"] + 100.0, abs=1e-3)
     assert [e["epoch"] for e in rec["curve"]] == [0, 1, 2] and rec["epochs_run"] == 3
     assert any("resumed at epoch 1" in x for x in lines)
     assert not os.path.exists(folder)  # finished: its scratch is removed

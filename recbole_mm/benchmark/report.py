@@ -152,7 +152,7 @@ def _stage_runs(records) -> str:
 CELL_COLUMNS = ["cell_id", "dataset", "label", "setting_note", "model", "seed", "noise", "status",
                 "reason",
                 "protocol", "best_epoch", "epochs_run", "epochs_per_stage", "epoch_time_s", "eval_time_s", "test_eval_s",
-                "train_total_s", "wall_s", "peak_mem_mb", "peak_mem_source", "params",
+                "train_total_s", "wall_s", "wall_s_all_attempts", "peak_mem_mb", "peak_mem_source", "params",
                 "trainable_params", "device", "commit", "torch", "recbole", "finished"]
 
 

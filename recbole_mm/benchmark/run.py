@@ -6,7 +6,9 @@ given, else ``benchmarks/runs/<name>``; nothing is written into the checkout oth
 
 * ``<out>/cells/<cell id>.json``: its record, written atomically when the attempt ends (``ok``,
   ``timeout``, ``failed`` or ``skipped``); ``<cell id>.users.npz`` beside it: the per-user test
-  values (:mod:`recbole_mm.benchmark.significance`).
+  values (:mod:`recbole_mm.benchmark.significance`). A run that resumed an attempt stopped by
+  its time limit (or a failure) lists that attempt under ``earlier_attempts`` and counts its
+  time in ``wall_s_all_attempts`` (``wall_s`` is the last attempt's alone).
 * ``<scratch>/logs/<cell id>.log``: one progress line per training epoch and per validation
   (loss, validation score, best so far, seconds), written as they happen, plus anything the run
   prints (warnings, a traceback); every attempt is appended. The same lines go to the console.
@@ -73,6 +75,26 @@ def reached(folder: str) -> dict:
     keep = ("epochs_run", "best_valid_score", "best_epoch", "valid_metric", "resumed_from_epoch",
             "curve")
     return {k: got[k] for k in keep if k in got}
+
+
+def earlier_attempts(prev: dict | None) -> list[dict]:
+    """The attempts before this one that did not finish (timed out, failed): the unfinished
+    record ``prev`` on disk and the attempts it continued, oldest first."""
+    if not prev or prev.get("status") == CELL_STATUS_DONE:
+        return []
+    this = {k: prev.get(k) for k in ("status", "reason", "wall_s", "epochs_run", "finished")}
+    return list(prev.get("earlier_attempts") or []) + [this]
+
+
+def add_earlier_attempts(rec: dict, earlier: list[dict]) -> None:
+    """Record ``earlier`` in ``rec`` when this attempt continued them (it resumed from their
+    training state) or did not finish either (the next attempt may continue the chain), and set
+    ``wall_s_all_attempts``: ``wall_s`` (this attempt alone) plus the recorded attempts'."""
+    continued = rec.get("resumed_from_epoch") is not None or rec.get("status") != CELL_STATUS_DONE
+    if earlier and continued:
+        rec["earlier_attempts"] = earlier
+    before = sum(a.get("wall_s") or 0 for a in rec.get("earlier_attempts") or [])
+    rec["wall_s_all_attempts"] = round((rec.get("wall_s") or 0) + before, 3)
 
 
 def _remove(folder: str) -> None:
@@ -265,6 +287,7 @@ def run_cell(cell: Cell, out_dir: str, scratch: str, isolate: bool = True,
     with open(logfile, "a") as f:
         f.write(_stamp(f"=== {cell.cell_id}: attempt started ({'isolated' if isolate else 'in process'}"
                        f"{f', time limit {timeout:g} s' if timeout else ''})\n"))
+    earlier = [] if fresh else earlier_attempts(read_json(path))
     load_start = loadavg()
     if isolate:
         rec = _run_isolated(cell, scratch, logfile, users_file, timeout, log, fresh)
@@ -281,6 +304,7 @@ def run_cell(cell: Cell, out_dir: str, scratch: str, isolate: bool = True,
     rec["isolated"] = bool(isolate)
     if not isolate and rec.get("peak_mem_source") == "process_max_rss":
         rec["peak_mem_source"] = "process_max_rss_shared"  # the max over every cell run so far
+    add_earlier_attempts(rec, earlier)
     rec["command"] = command
     rec["log_file"] = logfile
     rec["finished"] = _now()
