@@ -65,10 +65,18 @@ def test_grid_cells_ids_and_config_layers():
         bm.parse_noise("image:2")
 
 
-def test_best_epoch_is_the_first_best_and_summary_stats():
+def test_best_epoch_is_the_checkpoint_recbole_keeps_and_summary_stats():
+    from recbole.utils import early_stopping
+
     curve = [{"epoch": 0, "valid_score": 0.1}, {"epoch": 1, "valid_score": 0.3},
              {"epoch": 2}, {"epoch": 3, "valid_score": 0.3}, {"epoch": 4, "valid_score": 0.2}]
-    assert bm.best_epoch_from_curve(curve) == 1
+    # a tie replaces the kept checkpoint, as RecBole's early stopping decides
+    kept, best, step = None, float("-inf"), 0
+    for e in curve:
+        if "valid_score" in e:
+            best, step, _, update = early_stopping(e["valid_score"], best, step, 10, bigger=True)
+            kept = e["epoch"] if update else kept
+    assert bm.best_epoch_from_curve(curve) == kept == 3
     assert bm.best_epoch_from_curve(curve, bigger=False) == 0
     # a two-stage trainer (e.g. DeCoRec's phases): the last stage's best is the one kept
     staged = [{"epoch": 0, "segment": 0, "valid_score": 0.9}, {"epoch": 1, "segment": 0,

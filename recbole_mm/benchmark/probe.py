@@ -247,8 +247,10 @@ def loss_value(loss):
 
 
 def best_epoch_from_curve(curve, bigger=True):
-    """The epoch whose validation score RecBole keeps: the first best (strict improvement) of
-    the last training segment (multi-stage trainers return the last stage's best)."""
+    """The epoch whose validation score RecBole keeps: the last epoch that scored at least the
+    best so far (RecBole's ``early_stopping`` takes ``>=``, ``<=`` when smaller is better, so a
+    tie replaces the kept checkpoint), in the last training segment (multi-stage trainers
+    return the last stage's best)."""
     best, best_ep = None, None
     last = max((r.get("segment", 0) for r in curve), default=0)
     for rec in curve:
@@ -257,7 +259,7 @@ def best_epoch_from_curve(curve, bigger=True):
         s = rec.get("valid_score")
         if s is None:
             continue
-        if best is None or (s > best if bigger else s < best):
+        if best is None or (s >= best if bigger else s <= best):
             best, best_ep = s, rec["epoch"]
     return best_ep
 
