@@ -166,6 +166,25 @@ def test_significance_identical_rows_and_trained_vs_random(tiny_root, tmp_path):
     assert "Wilcoxon signed-rank test" in md and "| vs SASRec |" in md
     with open(os.path.join(out, "significance.csv")) as f:
         assert len(f.read().splitlines()) == 1 + 2 * 4
+    # the reference row read from another results folder (an ablation table's full model)
+    rnd_rec = next(r for r in recs if r["label"] == "random")
+    ref_dir = tmp_path / "ref" / "cells"
+    ref_dir.mkdir(parents=True)
+    for name in (rnd_rec["cell_id"] + ".json", rnd_rec["per_user"]["file"]):
+        shutil.copy(os.path.join(out, "cells", name), ref_dir / name)
+    kept = [c.cell_id for c in cells if c.cell_id != rnd_rec["cell_id"]]
+    rep = bm.write_report(out, {"name": "s", "cells": kept, "reference": "random",
+                                "reference_dir": str(tmp_path / "ref")}, plots=False)
+    sig = rep["significance"]["mm_sample"]
+    assert sig["reference"] == "random" and {t["label"] for t in sig["results"]} == {"SASRec", "twin"}
+    got = {t["label"]: t for t in sig["results"] if t["metric"] == "ndcg@10"}
+    assert got["SASRec"]["diff"] == pytest.approx(-rnd["diff"]) and got["SASRec"]["p"] < 0.01
+    assert f"difference from random (its runs in {tmp_path / 'ref'})" in rep["markdown"]
+    rep = bm.write_report(out, {"name": "s", "cells": kept, "reference": "nope",
+                                "reference_dir": str(tmp_path / "ref")}, plots=False)
+    assert rep["significance"]["mm_sample"]["notes"] == [
+        f"no significance test: the reference nope is not a row of the folder {tmp_path / 'ref'} "
+        "(--reference names a row label or model)"]
     # the paired t-test on request; a row whose cells lack per-user values is named, not tested
     twin = next(r for r in recs if r["label"] == "twin")
     twin_file = os.path.join(out, "cells", twin["cell_id"] + ".json")
@@ -307,3 +326,9 @@ def test_two_stage_cell_resumes_inside_its_second_stage(tiny_root, tmp_path):
         (e["segment"], e["epoch"]) for e in whole["curve"]] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert rec["test_result"] == pytest.approx(whole["test_result"], abs=1e-9)
     assert rec["stage_epochs"] == whole["stage_epochs"]
+
+
+def test_reference_dir_must_be_a_results_folder(tmp_path):
+    with pytest.raises(SystemExit, match=r"--reference_dir .*nope: not a results folder \(expected "
+                                         r".*nope/cells/ with the reference row's cell records\)"):
+        bm.main(["--report", f"--out={tmp_path}", f"--reference_dir={tmp_path / 'nope'}"])

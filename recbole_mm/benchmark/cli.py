@@ -73,6 +73,9 @@ def build_parser():
     p.add_argument("--reference", default=None,
                    help=f"row (label or model) every row is tested against, per dataset "
                         f"(default {significance.DEFAULT_REFERENCE})")
+    p.add_argument("--reference_dir", default=None,
+                   help="results folder holding the reference row, when it is not a row of "
+                        "--out (e.g. an ablation folder tested against the full model's runs)")
     p.add_argument("--significance_test", default=None, choices=sorted(significance.TESTS),
                    help="paired test over test users (default wilcoxon)")
     p.add_argument("--report", action="store_true", help="only rewrite tables and plots")
@@ -160,10 +163,17 @@ def main(argv=None):
             "cells": [c.cell_id for c in cells],
             "reference": args.reference or significance.DEFAULT_REFERENCE,
             "significance_test": args.significance_test or "wilcoxon"}
+    if args.reference_dir:
+        if not os.path.isdir(os.path.join(args.reference_dir, "cells")):
+            raise SystemExit(f"error: --reference_dir {args.reference_dir}: not a results folder "
+                             f"(expected {os.path.join(args.reference_dir, 'cells')}/ with the "
+                             f"reference row's cell records)")
+        meta["reference_dir"] = args.reference_dir
     if args.report and os.path.exists(os.path.join(out_dir, "meta.json")):
         with open(os.path.join(out_dir, "meta.json")) as f:
             meta = json.load(f)
         meta.update({k: v for k, v in (("reference", args.reference),
+                                       ("reference_dir", args.reference_dir),
                                        ("significance_test", args.significance_test)) if v})
     if not args.report:
         meta = merge_meta(out_dir, meta)

@@ -430,7 +430,8 @@ def _stub_record(cell_id: str) -> dict:
     return rec
 
 
-def significance_tests(out_dir, records, rows, reference=None, test=None) -> dict:
+def significance_tests(out_dir, records, rows, reference=None, test=None,
+                       reference_dir=None) -> dict:
     """``{dataset: significance.compare(...)}`` for each dataset's compared table."""
     out = {}
     for ds in dict.fromkeys(r["dataset"] for r in rows):
@@ -438,7 +439,7 @@ def significance_tests(out_dir, records, rows, reference=None, test=None) -> dic
         if groups and groups[0][0] == "compared" and len(groups[0][1]) > 1:
             out[ds] = significance.compare(out_dir, records, ds, groups[0][1], groups[0][2],
                                            reference or significance.DEFAULT_REFERENCE,
-                                           test or "wilcoxon")
+                                           test or "wilcoxon", reference_dir)
     return out
 
 
@@ -448,8 +449,9 @@ SIGNIFICANCE_COLUMNS = ["dataset", "label", "reference", "metric", "seeds", "use
 
 def write_report(out_dir, meta=None, plots=True) -> dict:
     """(Re)write results.csv, summary.csv, significance.csv, summary.md and the plots from the
-    cells. The significance tests use ``meta['reference']`` (default SASRec) and
-    ``meta['significance_test']`` (``wilcoxon`` or ``ttest``)."""
+    cells. The significance tests use ``meta['reference']`` (default SASRec), read from
+    ``meta['reference_dir']`` when set, and ``meta['significance_test']`` (``wilcoxon`` or
+    ``ttest``)."""
     if meta is None:
         meta = read_json(os.path.join(out_dir, "meta.json"))
     meta = meta or {}
@@ -464,7 +466,7 @@ def write_report(out_dir, meta=None, plots=True) -> dict:
     rows = summarize(records)
     write_csvs(records, rows, out_dir)
     tests = significance_tests(out_dir, records, rows, meta.get("reference"),
-                               meta.get("significance_test"))
+                               meta.get("significance_test"), meta.get("reference_dir"))
     _write_csv(os.path.join(out_dir, "significance.csv"), SIGNIFICANCE_COLUMNS,
                [t for c in tests.values() for t in c["results"]])
     md = markdown_report(records, rows, meta, tests)

@@ -8,6 +8,8 @@ seeds, users are paired by token, and the difference is tested with the Wilcoxon
 test (default; zero differences dropped, scipy's ``wilcoxon``) or the paired t-test
 (``ttest_rel``). Identical values give p = 1. No correction for multiple comparisons is applied.
 Cells recorded without per-user values (older harness versions) are reported as such.
+The reference row may live in another results folder (``--reference_dir``), e.g. the full
+model of an ablation table whose variants ran into a folder of their own.
 """
 from __future__ import annotations
 
@@ -107,22 +109,40 @@ def reference_label(dataset_rows, reference: str):
 
 
 def compare(out_dir, records, dataset, rows, metrics, reference=DEFAULT_REFERENCE,
-            test="wilcoxon") -> dict:
+            test="wilcoxon", reference_dir=None) -> dict:
     """Tests of every row of ``rows`` (one dataset's compared table) against the reference.
+
+    ``reference_dir``: another results folder holding the reference row (e.g. the full model of
+    an ablation table run into a folder of its own); every row of this table is then tested
+    against that folder's row, over the seeds both ran.
 
     Returns ``{"reference": label or None, "test": name, "results": [...], "notes": [...]}``,
     one result per row and metric: mean of each side over the paired users, difference, p, mark.
     """
-    ref = reference_label(rows, reference)
+    ref_dir, ref_records = out_dir, records
+    if reference_dir:
+        from recbole_mm.benchmark.common import load_cells
+
+        ref_dir = reference_dir
+        ref_records = [r for r in load_cells(reference_dir).values()
+                       if r.get("dataset") == dataset and r.get("status") == CELL_STATUS_DONE]
+        ref = reference_label([{"label": r["label"], "model": r.get("model")}
+                               for r in {r["label"]: r for r in ref_records}.values()], reference)
+        where = f"the folder {reference_dir}"
+    else:
+        ref = reference_label(rows, reference)
+        where = "this table"
     out = {"reference": ref, "test": test, "results": [], "notes": []}
     if ref is None:
         out["notes"].append(f"no significance test: the reference {reference} is not a row of "
-                            f"this table (--reference names a row label or model)")
+                            f"{where} (--reference names a row label or model)")
         return out
-    ref_cells = latest_ok(records, dataset, ref)
+    if reference_dir:
+        out["reference_dir"] = reference_dir
+    ref_cells = latest_ok(ref_records, dataset, ref)
     missing = []  # rows (or the reference) with cells recorded without per-user values
     for row in rows:
-        if row["label"] == ref:
+        if row["label"] == ref and not reference_dir:
             continue
         cells = latest_ok(records, dataset, row["label"])
         seeds = sorted(set(cells) & set(ref_cells))
@@ -130,7 +150,7 @@ def compare(out_dir, records, dataset, rows, metrics, reference=DEFAULT_REFERENC
             out["notes"].append(f"{row['label']}: no seed in common with {ref}")
             continue
         ours = _mean_over_seeds(out_dir, [cells[s] for s in seeds])
-        theirs = _mean_over_seeds(out_dir, [ref_cells[s] for s in seeds])
+        theirs = _mean_over_seeds(ref_dir, [ref_cells[s] for s in seeds])
         if ours is None or theirs is None:
             missing.append(ref if theirs is None else row["label"])
             continue
@@ -166,8 +186,10 @@ def markdown(comparison: dict, display=None) -> list[str]:
     if not res:
         return notes + ([""] if notes else [])
     ref, name = comparison["reference"], TESTS[comparison["test"]]
+    where = (f" (its runs in {comparison['reference_dir']})" if comparison.get("reference_dir")
+             else "")
     metrics = list(dict.fromkeys(r["metric"] for r in res))
-    lines = [f"Marks: difference from {ref} over the same test users, {name} (two-sided), "
+    lines = [f"Marks: difference from {ref}{where} over the same test users, {name} (two-sided), "
              "paired per user (each user's value averaged over the seeds both rows ran); "
              "`*` p < 0.05, `**` p < 0.01; no correction for multiple comparisons.", "",
              f"| vs {ref} | seeds | users | " + " | ".join(metrics) + " |",
