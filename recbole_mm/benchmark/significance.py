@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 
-from recbole_mm.benchmark.common import CELL_STATUS_DONE
+from recbole_mm.benchmark.common import CELL_STATUS_DONE, load_cells
 
 DEFAULT_REFERENCE = "SASRec"
 TESTS = {"wilcoxon": "Wilcoxon signed-rank test", "ttest": "paired t-test"}
@@ -121,13 +121,11 @@ def compare(out_dir, records, dataset, rows, metrics, reference=DEFAULT_REFERENC
     """
     ref_dir, ref_records = out_dir, records
     if reference_dir:
-        from recbole_mm.benchmark.common import load_cells
-
         ref_dir = reference_dir
         ref_records = [r for r in load_cells(reference_dir).values()
                        if r.get("dataset") == dataset and r.get("status") == CELL_STATUS_DONE]
-        ref = reference_label([{"label": r["label"], "model": r.get("model")}
-                               for r in {r["label"]: r for r in ref_records}.values()], reference)
+        # one entry per row, so that "the only row of that model" counts rows, not seeds
+        ref = reference_label(list({r["label"]: r for r in ref_records}.values()), reference)
         where = f"the folder {reference_dir}"
     else:
         ref = reference_label(rows, reference)
