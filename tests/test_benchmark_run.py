@@ -332,3 +332,29 @@ def test_reference_dir_must_be_a_results_folder(tmp_path):
     with pytest.raises(SystemExit, match=r"--reference_dir .*nope: not a results folder \(expected "
                                          r".*nope/cells/ with the reference row's cell records\)"):
         bm.main(["--report", f"--out={tmp_path}", f"--reference_dir={tmp_path / 'nope'}"])
+
+
+def test_reference_in_the_paper_protocol_table_tests_that_table(tmp_path):
+    """A reference that is a row of the paper-protocol table (MMSR's ID model under MMSR's own
+    protocol) tests that table's rows, over the seeds both ran, and the p-values stand under it;
+    a reference in the compared table still tests that table."""
+    src = os.path.join(ROOT, "benchmarks", "results", "full_scientific_mm")
+    if not os.path.isdir(src):
+        pytest.skip(f"{src} not in this checkout")
+    out = tmp_path / "f"
+    shutil.copytree(src, out)
+    meta = json.load(open(out / "meta.json"))
+    rep = bm.write_report(str(out), {**meta, "reference": "MMSR-id (paper protocol)"}, plots=False)
+    sig = rep["significance"]["scientific_mm"]
+    assert sig["kind"] == "paper" and sig["reference"] == "MMSR-id (paper protocol)"
+    assert {t["label"] for t in sig["results"]} == {"MMSR (paper protocol)"}
+    assert all(t["users"] == 2928 and t["p"] is not None for t in sig["results"])
+    md = rep["markdown"]
+    paper_part = md[md.index("### scientific_mm: paper protocols"):]
+    assert "| vs MMSR-id (paper protocol) |" in paper_part
+    assert "| vs MMSR-id (paper protocol) |" not in md[:md.index("### scientific_mm: paper protocols")]
+    rep = bm.write_report(str(out), {**meta, "reference": "MMSR-id"}, plots=False)
+    sig = rep["significance"]["scientific_mm"]
+    assert sig["kind"] == "compared"
+    assert "MMSR (paper protocol)" not in {t["label"] for t in sig["results"]}
+    assert "MMSR" in {t["label"] for t in sig["results"]}

@@ -71,8 +71,9 @@ def build_parser():
                    help="seconds per cell (isolated); a stopped cell records what it reached and "
                         "resumes from its training state on the next run")
     p.add_argument("--reference", default=None,
-                   help=f"row (label or model) every row is tested against, per dataset "
-                        f"(default {significance.DEFAULT_REFERENCE})")
+                   help=f"row (label or model) every row of its table is tested against, per "
+                        f"dataset: the compared table, or the paper-protocol table when the "
+                        f"row is one of its (default {significance.DEFAULT_REFERENCE})")
     p.add_argument("--reference_dir", default=None,
                    help="results folder holding the reference row, when it is not a row of "
                         "--out (e.g. an ablation folder tested against the full model's runs)")

@@ -307,7 +307,8 @@ def markdown_report(records, rows, meta, significance=None) -> str:
                                        "params", "seeds", "device"]
             lines.append("| " + " | ".join(head) + " |")
             lines.append("|" + "---|" * len(head))
-            tests = significance.get(ds) if kind == "compared" else None
+            tests = significance.get(ds)
+            tests = tests if tests and tests.get("kind", "compared") == kind else None
             marks = {(t["label"], t["metric"]): t["mark"] for t in (tests or {}).get("results", [])}
             for r in clean:
                 vals = [_shown(r)] + [_fmt(r.get(m), r.get(m + "_std")) +
@@ -323,6 +324,9 @@ def markdown_report(records, rows, meta, significance=None) -> str:
                 lines.append("| " + " | ".join(vals) + " |")
             if kind != "compared":
                 lines.append("")
+                if tests:
+                    shown = {r["label"]: _shown(r) for r in clean}
+                    lines += significance_markdown(tests, display=lambda lab: shown.get(lab, lab))
                 continue
             loads = [x for r in records if r["dataset"] == ds
                      for x in (r.get("load_avg_1m") or []) if x is not None]
@@ -432,14 +436,23 @@ def _stub_record(cell_id: str) -> dict:
 
 def significance_tests(out_dir, records, rows, reference=None, test=None,
                        reference_dir=None) -> dict:
-    """``{dataset: significance.compare(...)}`` for each dataset's compared table."""
+    """``{dataset: significance.compare(...)}`` for each dataset: the tests within the table that
+    holds the reference row (the compared table, or e.g. the paper-protocol table when the
+    reference is one of its rows), else within the compared table; ``kind`` names that table."""
+    reference = reference or significance.DEFAULT_REFERENCE
     out = {}
     for ds in dict.fromkeys(r["dataset"] for r in rows):
-        groups = comparison_groups(ds, rows, records)
-        if groups and groups[0][0] == "compared" and len(groups[0][1]) > 1:
-            out[ds] = significance.compare(out_dir, records, ds, groups[0][1], groups[0][2],
-                                           reference or significance.DEFAULT_REFERENCE,
-                                           test or "wilcoxon", reference_dir)
+        groups = [g for g in comparison_groups(ds, rows, records) if len(g[1]) > 1]
+        compared = [g for g in groups if g[0] == "compared"]
+        holding = [] if reference_dir else [
+            g for g in groups if significance.reference_label(g[1], reference)]
+        chosen = (holding or compared or [None])[0]
+        if chosen is None:
+            continue
+        kind, group, cols = chosen
+        out[ds] = significance.compare(out_dir, records, ds, group, cols, reference,
+                                       test or "wilcoxon", reference_dir)
+        out[ds]["kind"] = kind
     return out
 
 
