@@ -277,7 +277,8 @@ def row_configurations(rows) -> list[str]:
 
 def markdown_report(records, rows, meta, significance=None) -> str:
     """The report as markdown. ``significance``: ``{dataset: significance.compare(...)}`` (marks
-    in the compared tables and a table of p-values under each)."""
+    and a table of p-values under the table named by each entry's ``kind``, default the compared
+    table)."""
     metrics = metric_names(records)
     significance = significance or {}
     lines = [f"# Benchmark: {meta.get('name', '')}", ""]
@@ -310,6 +311,9 @@ def markdown_report(records, rows, meta, significance=None) -> str:
             tests = significance.get(ds)
             tests = tests if tests and tests.get("kind", "compared") == kind else None
             marks = {(t["label"], t["metric"]): t["mark"] for t in (tests or {}).get("results", [])}
+            shown = {r["label"]: _shown(r) for r in clean}
+            test_lines = (significance_markdown(tests, display=lambda lab: shown.get(lab, lab))
+                          if tests else [])
             for r in clean:
                 vals = [_shown(r)] + [_fmt(r.get(m), r.get(m + "_std")) +
                                        (" " + marks[r["label"], m] if marks.get((r["label"], m)) else "")
@@ -323,10 +327,7 @@ def markdown_report(records, rows, meta, significance=None) -> str:
                          r["device"]]
                 lines.append("| " + " | ".join(vals) + " |")
             if kind != "compared":
-                lines.append("")
-                if tests:
-                    shown = {r["label"]: _shown(r) for r in clean}
-                    lines += significance_markdown(tests, display=lambda lab: shown.get(lab, lab))
+                lines += [""] + test_lines
                 continue
             loads = [x for r in records if r["dataset"] == ds
                      for x in (r.get("load_avg_1m") or []) if x is not None]
@@ -336,10 +337,7 @@ def markdown_report(records, rows, meta, significance=None) -> str:
                       "(of the last stage for multi-stage models); epochs = training epochs run in "
                       "total (per stage in parentheses, budgets in the configuration table); "
                       "s/epoch = mean training-epoch time; eval s = mean full-ranking validation "
-                      f"pass; peak MB = {clean[0]['peak_mem_source']}.{load_note}", ""]
-            if tests:
-                shown = {r["label"]: _shown(r) for r in clean}
-                lines += significance_markdown(tests, display=lambda lab: shown.get(lab, lab))
+                      f"pass; peak MB = {clean[0]['peak_mem_source']}.{load_note}", ""] + test_lines
         noisy = [r for r in drows if r["n_ok"] and r["noise_modality"]]
         if noisy:
             nlabels = {r["label"] for r in noisy}
