@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from recbole_mm.alignment.judge import (LexicalJudge, LLMJudge, OpenAIChatBackend, PairFileJudge,
                                         build_prompt, parse_reply)
 from recbole_mm.alignment.pairs import build_pairs, check_leakage_free, pairs_from_dataset, select_target
-from recbole_mm.alignment.sft import run_feature_head_sft, sft_loss
+from recbole_mm.alignment.sft import run_feature_head_sft, sft_loss, train_on_pairs
 
 
 # ---------------------------------------------------------------------- judges
@@ -156,6 +156,29 @@ def test_sft_loss_styles_and_tasks():
     assert float(full) == pytest.approx(parts, rel=1e-5)
     with pytest.raises(ValueError, match="sft_tasks"):
         sft_loss(t_p, t_q, tasks=["bad"])
+
+
+def test_pair_loop_shuffles_batches_skips_single_pairs_and_reports_each_epoch():
+    pairs = [(1, 11), (2, 12), (3, 13), (4, 14), (5, 15)]
+    w = torch.nn.Parameter(torch.ones(()))
+    opt = torch.optim.SGD([w], lr=0.1)
+    seen = []
+
+    def loss_of(p_ids, q_ids):
+        seen.append((p_ids.tolist(), q_ids.tolist()))
+        return w * len(p_ids)
+
+    history = train_on_pairs(pairs, loss_of, opt, epochs=3, batch_size=2, seed=7)
+    # the mean loss of each epoch, w falling by 0.2 a step: (2.0 + 1.6) / 2, (1.2 + 0.8) / 2, ...
+    assert history == pytest.approx([1.8, 1.0, 0.2])
+    assert len(seen) == 6  # 2 batches of 2 per epoch; the lone fifth pair is skipped
+    for p, q in seen:
+        assert len(p) == 2 and [b - a for a, b in zip(p, q)] == [10, 10]  # pairs stay together
+    assert seen[0] != seen[2] or seen[1] != seen[3]  # reshuffled across epochs
+    assert w.item() == pytest.approx(1 - 0.1 * 2 * 6)  # one optimizer step per batch
+    again = []
+    train_on_pairs(pairs, lambda p, q: again.append(p.tolist()) or w * 1, opt, 3, 2, 7)
+    assert again == [p for p, _ in seen]  # the seed fixes the order
 
 
 def test_feature_head_sft_lowers_loss_and_keeps_dims():

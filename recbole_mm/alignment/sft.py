@@ -155,6 +155,32 @@ class EncoderSFT(nn.Module):
         return self.image_head(image_vector(self.image_model, pixel_values))
 
 
+def train_on_pairs(pairs, loss_of: Callable, opt, epochs: int, batch_size: int, seed: int) -> list:
+    """The SFT loop both modes share: each epoch shuffles ``pairs`` (``[(target, similar), ...]``
+    item ids) with a generator seeded by ``seed``, cuts them into batches of ``batch_size`` (a
+    last batch of one pair is skipped: the in-batch contrast needs two), and takes one ``opt``
+    step on ``loss_of(target_ids, similar_ids)`` per batch. Returns the mean loss of each epoch."""
+    p_ids = torch.tensor([int(p[0]) for p in pairs])
+    q_ids = torch.tensor([int(p[1]) for p in pairs])
+    gen = torch.Generator().manual_seed(seed)
+    history = []
+    for _ in range(epochs):
+        order = torch.randperm(len(pairs), generator=gen)
+        losses = []
+        for s in range(0, len(order), batch_size):
+            idx = order[s:s + batch_size]
+            if len(idx) < 2:
+                continue
+            loss = loss_of(p_ids[idx], q_ids[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        history.append(float(np.mean(losses)) if losses else float("nan"))
+        logger.info(f"SFT epoch {len(history)}: L_SFT {history[-1]:.4f}")
+    return history
+
+
 def run_encoder_sft(sft: EncoderSFT, pairs, tokenize: Optional[Callable] = None,
                     pixels: Optional[Callable] = None, epochs: int = 10, batch_size: int = 128,
                     lr: float = 1e-5, temperature: float = 0.05, tasks=TASKS, style: str = "official",
@@ -164,33 +190,19 @@ def run_encoder_sft(sft: EncoderSFT, pairs, tokenize: Optional[Callable] = None,
     Returns the mean loss of each epoch."""
     params = sft.trainable_parameters(train_heads)
     opt = torch.optim.SGD(params, lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    p_ids = torch.tensor([int(p[0]) for p in pairs])
-    q_ids = torch.tensor([int(p[1]) for p in pairs])
-    history = []
     sft.to(device).train()
-    for _ in range(epochs):
-        order = torch.randperm(len(pairs), generator=gen)
-        losses = []
-        for s in range(0, len(order), batch_size):
-            idx = order[s:s + batch_size]
-            if len(idx) < 2:
-                continue
-            p, q = p_ids[idx].tolist(), q_ids[idx].tolist()
-            t_p = t_q = g_p = g_q = None
-            if sft.text_model is not None and tokenize is not None:
-                t_p = sft.text({k: v.to(device) for k, v in tokenize(p).items()})
-                t_q = sft.text({k: v.to(device) for k, v in tokenize(q).items()})
-            if sft.image_model is not None and pixels is not None:
-                g_p, g_q = sft.image(pixels(p).to(device)), sft.image(pixels(q).to(device))
-            loss = sft_loss(t_p, t_q, g_p, g_q, temperature, tasks, style)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-        history.append(float(np.mean(losses)) if losses else float("nan"))
-        logger.info(f"SFT epoch {len(history)}: L_SFT {history[-1]:.4f}")
-    return history
+
+    def loss_of(p_ids, q_ids):
+        p, q = p_ids.tolist(), q_ids.tolist()
+        t_p = t_q = g_p = g_q = None
+        if sft.text_model is not None and tokenize is not None:
+            t_p = sft.text({k: v.to(device) for k, v in tokenize(p).items()})
+            t_q = sft.text({k: v.to(device) for k, v in tokenize(q).items()})
+        if sft.image_model is not None and pixels is not None:
+            g_p, g_q = sft.image(pixels(p).to(device)), sft.image(pixels(q).to(device))
+        return sft_loss(t_p, t_q, g_p, g_q, temperature, tasks, style)
+
+    return train_on_pairs(pairs, loss_of, opt, epochs, batch_size, seed)
 
 
 @torch.no_grad()
@@ -274,29 +286,17 @@ def run_feature_head_sft(features: dict, pairs, epochs: int = 10, batch_size: in
     heads = nn.ModuleDict({k: ResidualHead(v.shape[1]) for k, v in feats.items()})
     projs = nn.ModuleDict({k: ProjectionHead(v.shape[1], 128, proj_dim) for k, v in feats.items()})
     opt = torch.optim.Adam(list(heads.parameters()) + list(projs.parameters()), lr=lr)
-    p_ids = torch.tensor([int(p[0]) for p in pairs])
-    q_ids = torch.tensor([int(p[1]) for p in pairs])
-    gen = torch.Generator().manual_seed(seed)
     norm = (lambda x: F.normalize(x, dim=-1)) if normalize else (lambda x: x)
-    history = []
-    for _ in range(epochs):
-        order = torch.randperm(len(pairs), generator=gen)
-        losses = []
-        for s in range(0, len(order), batch_size):
-            idx = order[s:s + batch_size]
-            if len(idx) < 2:
-                continue
-            v = {}
-            for k in feats:
-                for side, ids in (("p", p_ids[idx]), ("q", q_ids[idx])):
-                    v[k + side] = norm(projs[k](heads[k](feats[k][ids])))
-            loss = sft_loss(v.get("textp"), v.get("textq"), v.get("imagep"), v.get("imageq"),
-                            temperature, tasks, style)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-        history.append(float(np.mean(losses)) if losses else float("nan"))
+
+    def loss_of(p_ids, q_ids):
+        v = {}
+        for k in feats:
+            for side, ids in (("p", p_ids), ("q", q_ids)):
+                v[k + side] = norm(projs[k](heads[k](feats[k][ids])))
+        return sft_loss(v.get("textp"), v.get("textq"), v.get("imagep"), v.get("imageq"),
+                        temperature, tasks, style)
+
+    history = train_on_pairs(pairs, loss_of, opt, epochs, batch_size, seed)
     with torch.no_grad():
         out = {k: heads[k](feats[k]).numpy() for k in feats}
     return out, history
