@@ -305,6 +305,20 @@ def test_meta_keeps_the_union_of_grids_and_every_command(tmp_path):
     assert "`a` (d1" in md and "`b` (d2" in md
 
 
+def test_a_later_grid_keeps_the_folders_reference_unless_it_names_one(tmp_path):
+    out = str(tmp_path)
+    base = {"commit": "c", "device": "cpu", "cells": ["x"]}
+    bm.merge_meta(out, base | {"command": "a", "date": "d1", "reference": "DeCoRec",
+                               "reference_dir": "full", "significance_test": "ttest"})
+    meta = bm.merge_meta(out, base | {"command": "b", "date": "d2", "reference": None,
+                                      "significance_test": None})
+    assert (meta["reference"], meta["reference_dir"], meta["significance_test"]) == (
+        "DeCoRec", "full", "ttest")
+    meta = bm.merge_meta(out, base | {"command": "c", "date": "d3", "reference": "MISSRec"})
+    assert meta["reference"] == "MISSRec" and meta["reference_dir"] == "full"
+    assert json.load(open(os.path.join(out, "meta.json")))["reference"] == "MISSRec"
+
+
 def test_report_lists_planned_cells_without_results(tmp_path):
     out = str(tmp_path)
     bm.merge_meta(out, {"command": "a", "date": "d", "commit": "c", "device": "cpu",

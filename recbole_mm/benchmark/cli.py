@@ -20,9 +20,16 @@ from recbole_mm.benchmark.run import run_grid, worker
 from recbole_mm.config import parse_overrides
 
 
+# meta.json keys the report's significance tests read (each also a command-line flag);
+# unset, the report uses SASRec and the Wilcoxon test
+SIGNIFICANCE_KEYS = ("reference", "reference_dir", "significance_test")
+
+
 def merge_meta(out_dir: str, meta: dict, grid_wall_s=None) -> dict:
     """Write ``meta.json``: this grid's settings, the union of the cells of every grid run into
-    this folder (in order), and one ``history`` entry per command that wrote to it."""
+    this folder (in order), and one ``history`` entry per command that wrote to it. The folder's
+    significance settings (``reference``, ``reference_dir``, ``significance_test``) stay as they
+    were unless this grid names them (a run that adds a seed keeps the folder's reference)."""
     path = os.path.join(out_dir, "meta.json")
     prev = {}
     if os.path.exists(path):
@@ -40,6 +47,9 @@ def merge_meta(out_dir: str, meta: dict, grid_wall_s=None) -> dict:
     cells = list(prev.get("cells") or [])
     cells += [c for c in meta.get("grid_cells") or meta.get("cells") or [] if c not in cells]
     out = dict(meta, cells=cells, history=history)
+    for key in SIGNIFICANCE_KEYS:
+        if out.get(key) is None and prev.get(key) is not None:
+            out[key] = prev[key]
     out.setdefault("grid_cells", meta.get("cells"))
     atomic_write_text(path, json.dumps(jsonable(out), indent=1))
     return out
@@ -162,8 +172,7 @@ def main(argv=None):
             "commit": git_commit(), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(
                 timespec="seconds"), "device": device_description(),
             "cells": [c.cell_id for c in cells],
-            "reference": args.reference or significance.DEFAULT_REFERENCE,
-            "significance_test": args.significance_test or "wilcoxon"}
+            "reference": args.reference, "significance_test": args.significance_test}
     if args.reference_dir:
         if not os.path.isdir(os.path.join(args.reference_dir, "cells")):
             raise SystemExit(f"error: --reference_dir {args.reference_dir}: not a results folder "
@@ -173,9 +182,7 @@ def main(argv=None):
     if args.report and os.path.exists(os.path.join(out_dir, "meta.json")):
         with open(os.path.join(out_dir, "meta.json")) as f:
             meta = json.load(f)
-        meta.update({k: v for k, v in (("reference", args.reference),
-                                       ("reference_dir", args.reference_dir),
-                                       ("significance_test", args.significance_test)) if v})
+        meta.update({k: getattr(args, k) for k in SIGNIFICANCE_KEYS if getattr(args, k)})
     if not args.report:
         meta = merge_meta(out_dir, meta)
         t0 = time.perf_counter()
